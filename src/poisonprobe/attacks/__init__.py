@@ -1,0 +1,23 @@
+"""Poisoning attacks: one registered function each, one uniform call."""
+
+from .base import (
+    REGIMES,
+    AttackContext,
+    AttackInfo,
+    PoisonSet,
+    ThreatModel,
+    attack_names,
+    get_attack,
+    register_attack,
+)
+
+__all__ = [
+    "REGIMES",
+    "AttackContext",
+    "AttackInfo",
+    "PoisonSet",
+    "ThreatModel",
+    "attack_names",
+    "get_attack",
+    "register_attack",
+]

@@ -1,0 +1,204 @@
+"""What every attack receives (``AttackContext``) and returns (``PoisonSet``).
+
+Attacks never train the victim themselves for evaluation and never write files:
+the runner injects the ``PoisonSet``, applies defences and retrains the head.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from ..data.base import ImageDataset
+from ..domain import InputDomain
+from ..errors import ConfigError, check_eps
+from ..victim import LinearHead, VictimConfig
+
+T = TypeVar("T")
+
+REGIMES = ("unconstrained", "box")
+"""Input-space regimes: ``unconstrained`` = no countermeasure, ``box`` = valid pixels (+ L∞)."""
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """Budget and input constraints of one attack run (foolbox-style: domain in, eps in)."""
+
+    eps: float
+    domain: InputDomain
+    regime: str = "box"
+    linf: float | None = None  # optional L∞ radius around each poison's clean start image
+
+    def __post_init__(self) -> None:
+        check_eps(self.eps)
+        if self.regime not in (*REGIMES, "feature"):
+            raise ConfigError(f"regime {self.regime!r} is unknown; use one of {REGIMES}")
+        if self.linf is not None and not self.linf > 0:
+            raise ConfigError(f"linf={self.linf} must be > 0 (or null for no L∞ ball)")
+
+    def n_poison(self, n_clean: int) -> int:
+        """``n_p = round(eps * N)``, at least one point."""
+        return max(1, int(round(self.eps * n_clean)))
+
+    def project(self, x: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply this regime's constraint to candidate poisons (no-op when unconstrained)."""
+        if self.regime != "box":
+            return x
+        if self.linf is not None and start is not None:
+            x = torch.max(torch.min(x, start + self.linf), start - self.linf)
+        return self.domain.project(x)
+
+
+def identity_progress(items: Iterable[T], description: str = "", total: int | None = None):
+    return items
+
+
+@dataclass
+class AttackContext:
+    """Everything an attack may use. The test split is deliberately absent."""
+
+    extractor: nn.Module  # frozen, eval mode; maps images in the box to features
+    train: ImageDataset  # the clean downstream training set D_c
+    z_train: torch.Tensor  # cached features of D_c (float32, on ``device``)
+    clean_head: LinearHead  # the victim's head trained on D_c
+    victim: VictimConfig
+    threat: ThreatModel
+    seed: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    memo: dict[str, Any] = field(default_factory=dict)  # shared across attacks of one setting+seed
+    progress: Callable[..., Iterable] = identity_progress
+    batch_size: int = 512
+
+    @property
+    def n_clean(self) -> int:
+        return len(self.train)
+
+    @property
+    def n_poison(self) -> int:
+        return self.threat.n_poison(self.n_clean)
+
+    @property
+    def n_classes(self) -> int:
+        return self.train.n_classes
+
+    def generator(self, salt: str = "") -> torch.Generator:
+        """A CPU generator seeded by (seed, eps, salt): same inputs, same poisons."""
+        key = f"{self.seed}|{self.threat.eps}|{self.threat.regime}|{salt}"
+        return torch.Generator().manual_seed(_stable_hash(key))
+
+    def encode(self, x: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """Features of images ``x`` in batches (with autograd when ``grad``)."""
+        outs = []
+        with torch.set_grad_enabled(grad):
+            for start in range(0, x.shape[0], self.batch_size):
+                outs.append(self.extractor(x[start : start + self.batch_size].to(self.device)))
+        return torch.cat(outs) if outs else x.new_zeros((0, self.z_train.shape[1]))
+
+    def iterate(self, n: int, description: str) -> Iterator[int]:
+        """``range(n)`` with a progress bar (quiet runs get none)."""
+        return iter(self.progress(range(n), description=description, total=n))
+
+
+@dataclass
+class PoisonSet:
+    """The attack's output.
+
+    - ``x``: poisoned images (n_p, C, H, W), or ``None`` for pure feature-space poisons;
+    - ``z``: features to inject directly (feature-space upper bounds); if ``None``
+      the runner encodes ``x`` with the extractor;
+    - ``replace_idx``: for perturbation attacks (EMN), the indices of clean training
+      points that these poisons *replace* instead of being added;
+    - ``base_idx``: clean points the poisons started from (for image grids);
+    - ``info``: extra result columns (``target_acc``, ``gc_objective``, ``eps_needed``...);
+    - ``stage_seconds``: wall time per stage.
+    """
+
+    y: torch.Tensor
+    x: torch.Tensor | None = None
+    z: torch.Tensor | None = None
+    replace_idx: torch.Tensor | None = None
+    base_idx: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.x is None and self.z is None:
+            raise ValueError("PoisonSet needs images x or features z")
+        n = int(self.y.shape[0])
+        for name in ("x", "z", "replace_idx", "base_idx"):
+            value = getattr(self, name)
+            if value is not None and int(value.shape[0]) != n:
+                raise ValueError(f"PoisonSet.{name} has {value.shape[0]} rows, labels have {n}")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+AttackFn = Callable[..., PoisonSet]
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    name: str
+    fn: AttackFn
+    regimes: tuple[str, ...]  # regimes it runs in; ("feature",) for feature-injection attacks
+    description: str
+
+    def params(self) -> dict[str, inspect.Parameter]:
+        sig = inspect.signature(self.fn)
+        return {k: p for k, p in sig.parameters.items() if k != "ctx"}
+
+    def check_params(self, params: dict[str, Any]) -> None:
+        allowed = self.params()
+        for key in params:
+            if key not in allowed:
+                raise ConfigError(
+                    f"attack {self.name!r} has no parameter {key!r}; "
+                    f"allowed: {', '.join(allowed) or 'none'}"
+                )
+
+
+_ATTACKS: dict[str, AttackInfo] = {}
+
+
+def register_attack(
+    name: str, regimes: tuple[str, ...] = ("box",), description: str = ""
+) -> Callable[[AttackFn], AttackFn]:
+    """Register ``fn(ctx, **params) -> PoisonSet`` under ``name``.
+
+    ``regimes``: ``("unconstrained", "box")`` for input-space attacks that can run
+    with or without the pixel-box countermeasure; ``("box",)`` for attacks whose
+    poisons are always valid images; ``("feature",)`` for feature injection.
+    """
+
+    def deco(fn: AttackFn) -> AttackFn:
+        doc = description or (inspect.getdoc(fn) or "").split("\n")[0]
+        _ATTACKS[name] = AttackInfo(name, fn, tuple(regimes), doc)
+        return fn
+
+    return deco
+
+
+def get_attack(name: str) -> AttackInfo:
+    from . import _load_all  # noqa: F401  (import side effect: registration)
+
+    if name not in _ATTACKS:
+        raise ConfigError(f"unknown attack {name!r}; choose one of: {', '.join(sorted(_ATTACKS))}")
+    return _ATTACKS[name]
+
+
+def attack_names() -> list[str]:
+    from . import _load_all  # noqa: F401
+
+    return sorted(_ATTACKS)
+
+
+def _stable_hash(text: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "little")

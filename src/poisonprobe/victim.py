@@ -1,0 +1,210 @@
+"""The victim: a multinomial linear head trained on frozen features.
+
+The objective is ``mean_i CE(W z_i + b, y_i) + (weight_decay / 2) * ||W||^2``
+(bias not decayed, like scikit-learn). It is strictly convex in ``W`` for
+``weight_decay > 0``, so the exact L-BFGS solution is unique: gradient
+canceling relies on exactly this objective (see ``attacks/gc_objective.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, DataError
+
+
+@dataclass
+class LinearHead:
+    """``h(z) = z @ weight.T + bias`` with ``weight`` (k, d) and ``bias`` (k,)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.weight.shape[0])
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        return z.to(self.weight.dtype) @ self.weight.T + self.bias
+
+    def predict(self, z: torch.Tensor) -> torch.Tensor:
+        return self.logits(z).argmax(dim=1)
+
+    def accuracy(self, z: torch.Tensor, y: torch.Tensor) -> float:
+        return float((self.predict(z) == y.to(z.device)).double().mean())
+
+    def flat(self) -> torch.Tensor:
+        """Parameters as one vector ``[vec(W), b]`` (row-major W)."""
+        return torch.cat([self.weight.reshape(-1), self.bias])
+
+    @classmethod
+    def from_flat(cls, theta: torch.Tensor, n_classes: int, dim: int) -> LinearHead:
+        w = theta[: n_classes * dim].reshape(n_classes, dim)
+        return cls(w, theta[n_classes * dim :])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        return LinearHead(self.weight.to(device, dtype), self.bias.to(device, dtype))
+
+    def clone(self) -> LinearHead:
+        return LinearHead(self.weight.detach().clone(), self.bias.detach().clone())
+
+
+@dataclass(frozen=True)
+class VictimConfig:
+    """How the victim trains its head. ``lbfgs`` is exact; ``sgd`` is the usual probe recipe."""
+
+    solver: Literal["lbfgs", "sgd"] = "lbfgs"
+    weight_decay: float = 1e-3
+    max_iter: int = 500
+    tol: float = 1e-7
+    sgd_epochs: int = 100
+    sgd_lr: float = 0.5
+    sgd_batch_size: int = 256
+    sgd_momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.solver not in ("lbfgs", "sgd"):
+            raise ConfigError(f"victim.solver={self.solver!r} is unknown; use 'lbfgs' or 'sgd'")
+        if not self.weight_decay > 0:
+            raise ConfigError(
+                "victim.weight_decay must be > 0 (the head's minimiser must be unique); "
+                "use a small value such as 1e-3"
+            )
+
+
+def _targets(y: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """Integer labels -> one-hot; soft labels (n, k) pass through."""
+    if y.dtype.is_floating_point and y.ndim == 2:
+        return y.to(dtype)
+    return F.one_hot(y.long(), n_classes).to(dtype)
+
+
+def gradient_sums(
+    head: LinearHead, z: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed-form ``sum_i grad CE_i`` w.r.t. (W, b): ``(P - Y)^T Z`` and ``sum (P - Y)``.
+
+    Differentiable w.r.t. ``z`` (input-space and feature-space GC backpropagate
+    through it once; no double backprop is needed).
+    """
+    z = z.to(head.weight.dtype)
+    resid = torch.softmax(head.logits(z), dim=1) - _targets(y, head.n_classes, z.dtype)
+    return resid.T @ z, resid.sum(dim=0)
+
+
+def per_point_gradients(
+    head: LinearHead, z: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-point CE gradients: ``(p_i - y_i) z_i^T`` (n, k, d) and ``p_i - y_i`` (n, k)."""
+    z = z.to(head.weight.dtype)
+    resid = torch.softmax(head.logits(z), dim=1) - _targets(y, head.n_classes, z.dtype)
+    return resid[:, :, None] * z[:, None, :], resid
+
+
+def victim_objective(head: LinearHead, z: torch.Tensor, y: torch.Tensor, weight_decay: float):
+    """The exact objective the victim minimises (mean CE + L2 on W)."""
+    logits = head.logits(z)
+    if y.dtype.is_floating_point and y.ndim == 2:
+        ce = -(y.to(logits.dtype) * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    else:
+        ce = F.cross_entropy(logits, y.long())
+    return ce + 0.5 * weight_decay * (head.weight**2).sum()
+
+
+def check_features(z: torch.Tensor, y: torch.Tensor, what: str = "features") -> None:
+    """Refuse NaN/inf features or mismatched labels with a one-line error."""
+    if z.ndim != 2 or z.shape[0] != y.shape[0]:
+        raise DataError(f"{what}: expected (N, d) features and N labels, got {tuple(z.shape)}")
+    if not torch.isfinite(z).all():
+        raise DataError(f"{what} contain NaN or inf; check the extractor and the input images")
+
+
+def train_head(
+    z: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    config: VictimConfig | None = None,
+    init: LinearHead | None = None,
+    seed: int = 0,
+) -> LinearHead:
+    """Fit the victim's head on features ``z`` (n, d) with labels ``y`` (n,)."""
+    config = config or VictimConfig()
+    check_features(z, y)
+    if config.solver == "lbfgs":
+        return _train_lbfgs(z, y, n_classes, config, init)
+    return _train_sgd(z, y, n_classes, config, init, seed)
+
+
+def _train_lbfgs(z, y, n_classes, config: VictimConfig, init: LinearHead | None) -> LinearHead:
+    zd = z.detach().to(torch.float64)
+    yoh = _targets(y, n_classes, torch.float64)
+    n, d = zd.shape
+    theta = torch.zeros(n_classes * d + n_classes, dtype=torch.float64, device=zd.device)
+    if init is not None:
+        theta = init.to(zd.device, torch.float64).flat().detach().clone()
+    theta.requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [theta],
+        lr=1.0,
+        max_iter=config.max_iter,
+        tolerance_grad=config.tol,
+        tolerance_change=1e-14,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+    wd = config.weight_decay
+
+    def closure() -> torch.Tensor:
+        w = theta.detach()[: n_classes * d].reshape(n_classes, d)
+        b = theta.detach()[n_classes * d :]
+        logits = zd @ w.T + b
+        logp = torch.log_softmax(logits, dim=1)
+        loss = -(yoh * logp).sum() / n + 0.5 * wd * (w**2).sum()
+        resid = (logp.exp() - yoh) / n
+        grad = torch.cat([(resid.T @ zd + wd * w).reshape(-1), resid.sum(0)])
+        theta.grad = grad
+        return loss
+
+    opt.step(closure)
+    return LinearHead.from_flat(theta.detach(), n_classes, d)
+
+
+def _train_sgd(z, y, n_classes, config: VictimConfig, init, seed: int) -> LinearHead:
+    """Minibatch SGD with momentum and a cosine schedule (the linear-probe recipe).
+
+    The step is divided by the mean squared feature norm so that one learning
+    rate serves extractors whose features have very different scales.
+    """
+    zd = z.detach().to(torch.float32)
+    yl = y.long()
+    n, d = zd.shape
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.zeros(n_classes, d, device=zd.device)
+    bias = torch.zeros(n_classes, device=zd.device)
+    if init is not None:
+        weight = init.weight.detach().to(zd.device, torch.float32).clone()
+        bias = init.bias.detach().to(zd.device, torch.float32).clone()
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+    scale = float((zd**2).sum(1).mean().clamp_min(1.0))
+    lr = config.sgd_lr / scale
+    opt = torch.optim.SGD([weight, bias], lr=lr, momentum=config.sgd_momentum)
+    steps_per_epoch = math.ceil(n / config.sgd_batch_size)
+    total = config.sgd_epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    for _ in range(config.sgd_epochs):
+        order = torch.randperm(n, generator=gen).to(zd.device)
+        for start in range(0, n, config.sgd_batch_size):
+            idx = order[start : start + config.sgd_batch_size]
+            logits = zd[idx] @ weight.T + bias
+            loss = F.cross_entropy(logits, yl[idx]) + 0.5 * config.weight_decay * (weight**2).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return LinearHead(weight.detach().double(), bias.detach().double())
