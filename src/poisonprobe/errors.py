@@ -32,7 +32,9 @@ def check_eps(eps: float) -> float:
     try:
         value = float(eps)
     except (TypeError, ValueError):
-        raise ConfigError(f"eps={eps!r} is not a number; use a fraction in (0, 1], e.g. 0.03") from None
+        raise ConfigError(
+            f"eps={eps!r} is not a number; use a fraction in (0, 1], e.g. 0.03"
+        ) from None
     if not (0.0 < value <= 1.0):
         raise ConfigError(f"eps={value} is outside (0, 1]; use a fraction such as 0.03 or 0.1")
     return value

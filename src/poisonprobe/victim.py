@@ -63,7 +63,7 @@ class VictimConfig:
     max_iter: int = 500
     tol: float = 1e-7
     sgd_epochs: int = 100
-    sgd_lr: float = 0.5
+    sgd_lr: float = 4.0
     sgd_batch_size: int = 256
     sgd_momentum: float = 0.9
 

@@ -1,0 +1,222 @@
+"""The ``poisonprobe`` command line (Typer + Rich)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import PoisonProbeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Indiscriminate data poisoning of linear probes on frozen self-supervised extractors.",
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+
+
+@app.command()
+def run(
+    config: Path | None = typer.Argument(None, help="YAML config (default: the embedded one)"),
+    out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="output folder"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or tables"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log every stage"),
+) -> None:
+    """Run an experiment; write OUT/results.csv and OUT/report.md."""
+    from .experiment.runner import run as run_experiment
+    from .report.markdown import drop_table
+
+    _setup_logging(verbose)
+    df = run_experiment(config, out=out, quiet=quiet)
+    if not quiet:
+        table = drop_table(df, "drop")
+        rich_table = Table(title="accuracy drop (pt)")
+        for col in table.columns:
+            rich_table.add_column(str(col))
+        for _, row in table.iterrows():
+            rich_table.add_row(*[str(v) for v in row.tolist()])
+        console.print(rich_table)
+    console.print(f"wrote {out / 'results.csv'} ({len(df)} rows) and {out / 'report.md'}")
+
+
+@app.command()
+def datasets() -> None:
+    """List the datasets that configs may name."""
+    from .data import dataset_names
+
+    table = Table("name", "description")
+    for name, desc in dataset_names().items():
+        table.add_row(name, desc)
+    console.print(table)
+
+
+@app.command()
+def attacks() -> None:
+    """List the registered attacks, their regimes and parameters."""
+    from .attacks.base import attack_names, get_attack
+
+    table = Table("name", "regimes", "parameters", "description")
+    for name in attack_names():
+        info = get_attack(name)
+        params = ", ".join(f"{k}={p.default!r}" for k, p in info.params().items())
+        table.add_row(name, ",".join(info.regimes), params, info.description)
+    console.print(table)
+
+
+@app.command()
+def defenses() -> None:
+    """List the registered defences."""
+    from .defenses import defense_names
+
+    table = Table("name", "description")
+    for name, desc in defense_names().items():
+        table.add_row(name, desc)
+    console.print(table)
+
+
+@app.command()
+def pretrain(
+    dataset: str = typer.Option("digits", help="dataset to pre-train on (its train split)"),
+    arch: str = typer.Option("smallcnn", help="smallcnn | resnet18 | resnet50"),
+    method: str = typer.Option("simclr", help="simclr | moco | byol"),
+    epochs: int = typer.Option(30, min=0),
+    batch_size: int = typer.Option(256, min=2),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    data_root: Path | None = typer.Option(None, help="where datasets live"),
+    out: Path | None = typer.Option(None, help="also save the checkpoint here"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Pre-train an extractor with SSL (cached) and report its linear-probe accuracy."""
+    from .data import load_dataset
+    from .experiment.config import ExtractorConfig
+    from .experiment.runner import obtain_extractor, resolve_device
+    from .extractors.cache import FeatureCache
+    from .extractors.checkpoints import save_extractor
+    from .progress import Reporter
+    from .victim import train_head
+
+    ext_cfg = ExtractorConfig(
+        arch=arch, method=method, epochs=epochs, batch_size=batch_size, seed=seed
+    )
+    splits = load_dataset(dataset, data_root)
+    reporter = Reporter(quiet=quiet)
+    dev = resolve_device(device)
+    ext, path, _, _ = obtain_extractor(ext_cfg, splits, dev, reporter)
+    cache = FeatureCache()
+    z_tr = cache.encode(ext, splits.train, progress=reporter.track)
+    z_te = cache.encode(ext, splits.test, progress=reporter.track)
+    head = train_head(z_tr, splits.train.y.to(z_tr.device), splits.train.n_classes)
+    acc = head.accuracy(z_te, splits.test.y.to(z_te.device))
+    if out is not None:
+        save_extractor(
+            ext,
+            out,
+            {"arch": arch, "method": method, "epochs": epochs, "dataset": dataset, "seed": seed},
+        )
+        path = out
+    console.print(f"checkpoint {path}; linear-probe test accuracy on {dataset}: {acc:.4f}")
+
+
+@app.command()
+def report(out: Path = typer.Argument(..., help="a run folder holding results.csv")) -> None:
+    """Rewrite OUT/report.md from OUT/results.csv."""
+    from .errors import ConfigError
+    from .experiment.runner import finish_report
+
+    if not (out / "results.csv").is_file():
+        raise ConfigError(f"{out}/results.csv not found; pass the --out folder of a run")
+    console.print(f"wrote {finish_report(out)}")
+
+
+@app.command()
+def export(
+    out: Path = typer.Argument(..., help="a run folder"),
+    attack: str = typer.Option(..., help="attack label as in results.csv"),
+    eps: float = typer.Option(..., help="budget as in results.csv"),
+    setting: str | None = typer.Option(None, help="default: the run's first setting"),
+    regime: str | None = typer.Option(None, help="default: the attack's only/first regime"),
+    seed: int | None = typer.Option(None, help="default: the run's first seed"),
+    fmt: str = typer.Option("npz", "--format", help="npz | imagefolder"),
+    dest: Path | None = typer.Option(None, help="default: OUT/export/<cell>[.npz]"),
+) -> None:
+    """Write the poisoned training set of one cell, for any other training code."""
+    from .data import load_dataset
+    from .errors import ConfigError
+    from .experiment.config import load_config
+    from .experiment.export import (
+        load_poisons,
+        poison_file,
+        poisoned_training_set,
+        write_imagefolder,
+        write_npz,
+    )
+    from .experiment.results import read_results
+
+    if fmt not in ("npz", "imagefolder"):
+        raise ConfigError(f"--format {fmt!r} is unknown; use npz or imagefolder")
+    if not (out / "results.csv").is_file():
+        raise ConfigError(f"{out}/results.csv not found; pass the --out folder of a run")
+    cfg = load_config(out / "config.yaml")
+    df = read_results(out / "results.csv")
+    rows = df[(df["attack"] == attack) & ((df["eps"] - eps).abs() < 1e-9)]
+    if setting:
+        rows = rows[rows["setting"] == setting]
+    if regime:
+        rows = rows[rows["regime"] == regime]
+    if seed is not None:
+        rows = rows[rows["seed"] == seed]
+    if rows.empty:
+        raise ConfigError(
+            f"no results for attack={attack} eps={eps:g} in {out}; "
+            f"attacks there: {', '.join(sorted(df['attack'].unique()))}"
+        )
+    row = rows.iloc[0]
+    target = next(s.target for s in cfg.settings if s.name == row["setting"])
+    path = poison_file(
+        out,
+        row["setting"],
+        row["extractor"],
+        attack,
+        row["regime"],
+        float(row["eps"]),
+        int(row["seed"]),
+    )
+    poisons = load_poisons(path)
+    clean = load_dataset(target, cfg.data_root, download=cfg.download).train
+    x, y, flag = poisoned_training_set(clean.x, clean.y, poisons)
+    stem = path.stem
+    if fmt == "npz":
+        written = write_npz(dest or out / "export" / f"{stem}.npz", x, y, flag, clean.classes)
+    else:
+        written = write_imagefolder(dest or out / "export" / stem, x, y, flag, clean.classes)
+    console.print(f"wrote {written}: {len(y)} training points, {int(flag.sum())} poisoned")
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2, never a traceback."""
+    try:
+        app()
+    except PoisonProbeError as err:
+        Console(stderr=True).print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted; rerun the same command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

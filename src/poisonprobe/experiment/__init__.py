@@ -1,0 +1,1 @@
+"""Experiments: config schema, runner, results store."""

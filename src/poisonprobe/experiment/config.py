@@ -1,0 +1,232 @@
+"""The experiment config: a validated (pydantic) schema read from YAML.
+
+Every wrong key or value becomes a one-line ``ConfigError`` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ConfigError, check_eps
+
+DEFAULT_ATTACKS: list[str] = ["label-flip", "random-noise"]
+"""The default run's attacks (every registered attack joins as it lands)."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SettingConfig(Strict):
+    """A downstream setting: pre-train the extractor on ``source``, probe on ``target``."""
+
+    name: str
+    source: str
+    target: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or "," in v:
+            raise ValueError("setting name must be non-empty and contain no comma")
+        return v
+
+
+class ExtractorConfig(Strict):
+    """Which extractor, and how to pre-train it when no checkpoint is given."""
+
+    arch: str = "smallcnn"
+    method: Literal["simclr", "moco", "byol"] = "simclr"
+    epochs: int = Field(30, ge=0)
+    batch_size: int = Field(256, ge=2)
+    lr: float | None = Field(None, gt=0)
+    seed: int = 0
+    checkpoint: str | None = None
+    name: str | None = None  # label in results; default "<arch>-<method>" or the checkpoint stem
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, v: str) -> str:
+        from ..extractors.archs import ARCHS
+
+        if v not in ARCHS:
+            raise ValueError(f"unknown arch {v!r}; choose one of: {', '.join(ARCHS)}")
+        return v
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.checkpoint:
+            return f"{self.arch}-{Path(self.checkpoint).stem}"
+        return f"{self.arch}-{self.method}"
+
+
+class VictimSettings(Strict):
+    solver: Literal["lbfgs", "sgd"] = "lbfgs"
+    weight_decay: float = Field(1e-3, gt=0)
+    max_iter: int = Field(500, ge=1)
+    sgd_epochs: int = Field(100, ge=1)
+    sgd_lr: float = Field(4.0, gt=0)
+
+
+class AttackSpec(Strict):
+    """An attack and its parameters; ``label`` names it in results (default: ``name``)."""
+
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def column(self) -> str:
+        return self.label or self.name
+
+
+class Config(Strict):
+    settings: list[SettingConfig] = Field(
+        default_factory=lambda: [
+            SettingConfig(name="finetune", source="digits", target="digits"),
+            SettingConfig(name="transfer", source="syndigits", target="digits"),
+        ]
+    )
+    extractor: ExtractorConfig | list[ExtractorConfig] = Field(default_factory=ExtractorConfig)
+    victim: VictimSettings = Field(default_factory=VictimSettings)
+    attacks: list[AttackSpec] = Field(
+        default_factory=lambda: [AttackSpec(name=n) for n in DEFAULT_ATTACKS]
+    )
+    regimes: list[Literal["unconstrained", "box"]] = Field(
+        default_factory=lambda: ["unconstrained", "box"]
+    )
+    linf: float | None = Field(None, gt=0)
+    eps: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.3])
+    defenses: list[Any] = Field(default_factory=lambda: ["none"])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    data_root: str | None = None
+    download: bool = True
+    device: str = "auto"
+    batch_size: int = Field(512, ge=1)
+    save_poisons: bool = True  # keep each PoisonSet under OUT/poisons/ for `poisonprobe export`
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _attacks(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            raise ValueError("attacks must be a list of names or {name: ..., <param>: ...} maps")
+        out = []
+        for item in v:
+            if isinstance(item, str):
+                out.append({"name": item})
+            elif isinstance(item, dict):
+                item = dict(item)
+                if "name" not in item:
+                    raise ValueError(f"attack entry {item} has no 'name'")
+                name, label = item.pop("name"), item.pop("label", None)
+                params = item.pop("params", {})
+                params.update(item)
+                out.append({"name": name, "label": label, "params": params})
+            else:
+                raise ValueError(f"attack entry {item!r} must be a name or a map")
+        return out
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("eps must list at least one budget, e.g. [0.03, 0.1]")
+        return [check_eps(e) for e in v]
+
+    @field_validator("seeds", "settings", "regimes")
+    @classmethod
+    def _non_empty(cls, v: list) -> list:
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu") and not v.startswith("cuda"):
+            raise ValueError(f"device {v!r} is unknown; use auto, cpu or cuda[:N]")
+        return v
+
+    @model_validator(mode="after")
+    def _check_names(self) -> Config:
+        from ..attacks import get_attack
+        from ..defenses import parse_defense
+
+        labels = [a.column for a in self.attacks]
+        if len(set(labels)) != len(labels):
+            raise ValueError("two attacks share a label; give each variant its own 'label'")
+        for spec in self.attacks:
+            get_attack(spec.name).check_params(spec.params)
+        for spec in self.defenses:
+            parse_defense(spec)
+        from ..data import dataset_names
+
+        known = dataset_names()
+        for setting in self.settings:
+            for spec in (setting.source, setting.target):
+                if spec.partition(":")[0] not in known:
+                    raise ValueError(
+                        f"setting {setting.name!r}: unknown dataset {spec!r}; "
+                        f"choose one of: {', '.join(known)}"
+                    )
+        names = [s.name for s in self.settings]
+        if len(set(names)) != len(names):
+            raise ValueError("two settings share a name; names key the results")
+        return self
+
+    @property
+    def extractors(self) -> list[ExtractorConfig]:
+        return self.extractor if isinstance(self.extractor, list) else [self.extractor]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key; check its spelling against the documented keys (docs/config.md)"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"config error at '{where}': {msg}{more}"
+
+
+def parse_config(data: dict[str, Any] | None) -> Config:
+    """Validate a config mapping, raising a one-line ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a YAML mapping of keys (settings, attacks, eps, ...)")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err)) from None
+    except ConfigError as err:
+        raise ConfigError(f"config error: {err}") from None
+
+
+def load_config(source: str | Path | dict | Config | None = None) -> Config:
+    """A Config from a YAML path, a mapping, an existing Config, or None (the default)."""
+    if isinstance(source, Config):
+        return source
+    if source is None or isinstance(source, dict):
+        return parse_config(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}; fix the syntax") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config {path}: {err}") from None
+    return parse_config(data)

@@ -1,0 +1,462 @@
+"""Runs a config: settings × extractors × seeds × attacks × regimes × eps × defences.
+
+Work that can be shared is shared: one pre-trained extractor per (setting, extractor),
+features encoded once (feature cache), one clean head, one attack run per
+(attack, regime, eps, seed) for all defences, and ``ctx.memo`` lets attacks share
+stages across eps (e.g. the FT attack's decoder).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ..attacks import AttackContext, PoisonSet, ThreatModel, get_attack
+from ..data import DatasetSplits, load_dataset
+from ..defenses import DefenseInput, apply_defense, parse_defense
+from ..errors import DataError, PoisonProbeError
+from ..extractors import Extractor
+from ..progress import Reporter
+from ..victim import LinearHead, VictimConfig, train_head
+from .config import AttackSpec, Config, ExtractorConfig, SettingConfig, load_config
+from .results import ResultsStore, atomic_write_text, row_key
+
+log = logging.getLogger("poisonprobe")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PoisonProbeError(f"device {name!r} requested but CUDA is not available; use cpu/auto")
+    return torch.device(name)
+
+
+def victim_config(cfg: Config) -> VictimConfig:
+    v = cfg.victim
+    return VictimConfig(
+        solver=v.solver,
+        weight_decay=v.weight_decay,
+        max_iter=v.max_iter,
+        sgd_epochs=v.sgd_epochs,
+        sgd_lr=v.sgd_lr,
+    )
+
+
+@dataclass
+class Prepared:
+    """One (setting, extractor): frozen extractor, cached features and the clean head."""
+
+    setting: SettingConfig
+    ext_cfg: ExtractorConfig
+    extractor: Extractor
+    target: DatasetSplits
+    z_train: torch.Tensor
+    z_test: torch.Tensor
+    clean_head: LinearHead
+    clean_acc: float
+    checkpoint: str | None
+    checkpoint_sha256: str | None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def obtain_extractor(
+    ext_cfg: ExtractorConfig,
+    source: DatasetSplits,
+    device: torch.device,
+    reporter: Reporter,
+) -> tuple[Extractor, str | None, str | None, dict[str, float]]:
+    """Load the configured checkpoint, or pre-train with SSL on the source (cached)."""
+    from ..extractors.checkpoints import checkpoint_sha256, load_extractor
+    from ..extractors.pretrain import get_or_pretrain
+
+    t0 = time.perf_counter()
+    if ext_cfg.checkpoint:
+        ext = load_extractor(ext_cfg.checkpoint, ext_cfg.arch, source.domain)
+        path = ext_cfg.checkpoint
+        hit = True
+    else:
+        ext, path, hit = get_or_pretrain(
+            source.train,
+            arch=ext_cfg.arch,
+            method=ext_cfg.method,
+            epochs=ext_cfg.epochs,
+            seed=ext_cfg.seed,
+            batch_size=ext_cfg.batch_size,
+            lr=ext_cfg.lr,
+            device=device,
+            progress=reporter.track,
+        )
+    seconds = {"pretrain": time.perf_counter() - t0}
+    reporter.log(
+        f"extractor {ext_cfg.label}: {'loaded' if hit else 'pre-trained'} "
+        f"({seconds['pretrain']:.1f}s) {path or ''}"
+    )
+    ext = ext.to(device).eval()
+    for p in ext.parameters():
+        p.requires_grad_(False)
+    sha = checkpoint_sha256(path) if path else None
+    return ext, (str(path) if path else None), sha, seconds
+
+
+def prepare(
+    setting: SettingConfig,
+    ext_cfg: ExtractorConfig,
+    cfg: Config,
+    device: torch.device,
+    reporter: Reporter,
+    feature_cache,
+) -> Prepared:
+    source = load_dataset(setting.source, cfg.data_root, download=cfg.download)
+    target = load_dataset(setting.target, cfg.data_root, download=cfg.download)
+    if source.domain.shape != target.domain.shape:
+        raise DataError(
+            f"setting {setting.name!r}: source {setting.source} has input shape "
+            f"{source.domain.shape} but target {setting.target} has {target.domain.shape}; "
+            "choose datasets of one shape (or resize one of them)"
+        )
+    ext, path, sha, seconds = obtain_extractor(ext_cfg, source, device, reporter)
+    if ext.domain != target.domain:
+        # the extractor normalises with the source statistics: that is what a transfer user gets
+        log.info("transfer: extractor normalises with %s statistics", setting.source)
+    from .resources import check_memory
+
+    check_memory(
+        len(target.train),
+        len(target.test),
+        ext.feature_dim,
+        max(cfg.eps),
+        f"setting {setting.name!r}",
+    )
+    t0 = time.perf_counter()
+    z_train = feature_cache.encode(ext, target.train, progress=reporter.track).to(device)
+    z_test = feature_cache.encode(ext, target.test, progress=reporter.track).to(device)
+    seconds["encode"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    vcfg = victim_config(cfg)
+    head = train_head(z_train, target.train.y.to(device), target.train.n_classes, vcfg)
+    clean_acc = head.accuracy(z_test, target.test.y.to(device))
+    seconds["clean_head"] = time.perf_counter() - t0
+    reporter.log(f"{setting.name}/{ext_cfg.label}: clean test accuracy {clean_acc:.4f}")
+    return Prepared(
+        setting, ext_cfg, ext, target, z_train, z_test, head, clean_acc, path, sha, seconds
+    )
+
+
+@dataclass
+class TrainingSet:
+    """The victim's training set after injection, with the (hidden) poison flags."""
+
+    z: torch.Tensor
+    y: torch.Tensor
+    in_box: torch.Tensor
+    is_poison: torch.Tensor
+
+
+def encode_poisons(prep: Prepared, poison: PoisonSet, batch_size: int) -> torch.Tensor:
+    if poison.z is not None:
+        return poison.z.detach().to(prep.z_train.device, torch.float32)
+    x = poison.x
+    prep.target.domain.check(x, "poison images")
+    outs = []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            outs.append(prep.extractor(x[start : start + batch_size].to(prep.z_train.device)))
+    return torch.cat(outs).float()
+
+
+def build_training_set(prep: Prepared, poison: PoisonSet | None, batch_size: int) -> TrainingSet:
+    z, y = prep.z_train, prep.target.train.y.to(prep.z_train.device)
+    n = z.shape[0]
+    in_box = torch.ones(n, dtype=torch.bool, device=z.device)
+    is_poison = torch.zeros(n, dtype=torch.bool, device=z.device)
+    if poison is None:
+        return TrainingSet(z, y, in_box, is_poison)
+    zp = encode_poisons(prep, poison, batch_size)
+    yp = poison.y.to(z.device).long()
+    boxp = (
+        prep.target.domain.contains(poison.x).to(z.device)
+        if poison.x is not None
+        else torch.ones(len(poison), dtype=torch.bool, device=z.device)
+    )
+    if poison.replace_idx is not None:
+        idx = poison.replace_idx.to(z.device).long()
+        z, y, in_box, is_poison = z.clone(), y.clone(), in_box.clone(), is_poison.clone()
+        z[idx], y[idx], in_box[idx], is_poison[idx] = zp, yp, boxp, True
+        return TrainingSet(z, y, in_box, is_poison)
+    return TrainingSet(
+        torch.cat([z, zp]),
+        torch.cat([y, yp]),
+        torch.cat([in_box, boxp]),
+        torch.cat([is_poison, torch.ones(len(poison), dtype=torch.bool, device=z.device)]),
+    )
+
+
+def evaluate(
+    prep: Prepared, ts: TrainingSet, defense_spec: Any, eps: float, vcfg: VictimConfig, seed: int
+) -> dict[str, Any]:
+    """Defend (without seeing poison flags), retrain the victim, measure test accuracy."""
+    spec = parse_defense(defense_spec)
+    inp = DefenseInput(ts.z, ts.y, ts.in_box, prep.target.train.n_classes, vcfg, seed)
+    keep = apply_defense(spec, inp, default_fraction=eps).to(ts.z.device)
+    head = train_head(
+        ts.z[keep], ts.y[keep], prep.target.train.n_classes, vcfg, init=prep.clean_head, seed=seed
+    )
+    acc = head.accuracy(prep.z_test, prep.target.test.y.to(prep.z_test.device))
+    n_poison = int(ts.is_poison.sum())
+    n_clean = int((~ts.is_poison).sum())
+    return {
+        "poisoned_acc": acc,
+        "drop": prep.clean_acc - acc,
+        "poison_removed": (int((ts.is_poison & ~keep).sum()) / n_poison)
+        if n_poison
+        else float("nan"),
+        "clean_removed": int((~ts.is_poison & ~keep).sum()) / max(n_clean, 1),
+    }
+
+
+def attack_regimes(spec: AttackSpec, cfg: Config) -> list[str]:
+    """The regimes this attack runs in: the config's, restricted to those it supports."""
+    supported = get_attack(spec.name).regimes
+    if supported == ("feature",):
+        return ["feature"]
+    chosen = [r for r in cfg.regimes if r in supported]
+    return chosen or [supported[0]]
+
+
+def run(
+    config: str | Path | dict | Config | None = None,
+    out: str | Path | None = None,
+    quiet: bool = False,
+) -> pd.DataFrame:
+    """Run an experiment and return its results (also written to ``out/results.csv``)."""
+    cfg = load_config(config)
+    reporter = Reporter(quiet=quiet)
+    device = resolve_device(cfg.device)
+    out_dir = Path(out) if out is not None else Path("runs") / "default"
+    store = ResultsStore(out_dir / "results.csv")
+    atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+    if not quiet:
+        reporter.console.print(f"[bold]poisonprobe run[/] → {out_dir}  (device {device})")
+        reporter.console.print(cfg.to_yaml().rstrip())
+    log.info("config:\n%s", cfg.to_yaml())
+    torch.manual_seed(0)
+
+    from ..extractors.cache import FeatureCache
+
+    feature_cache = FeatureCache()
+    vcfg = victim_config(cfg)
+    defenses = [parse_defense(d) for d in cfg.defenses]
+    cells = _count_cells(cfg, defenses)
+    manifest = _manifest(cfg, out_dir)
+    with reporter.session(total=cells, description="poisonprobe"):
+        for setting in cfg.settings:
+            for ext_cfg in cfg.extractors:
+                reporter.describe(f"{setting.name}/{ext_cfg.label}: preparing")
+                prep = prepare(setting, ext_cfg, cfg, device, reporter, feature_cache)
+                manifest["settings"].append(_setting_record(prep))
+                atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2))
+                for seed in cfg.seeds:
+                    _run_seed(prep, cfg, seed, defenses, vcfg, store, reporter, device, out_dir)
+    finish_report(out_dir)
+    return store.frame()
+
+
+def finish_report(out_dir: Path) -> Path:
+    """Plots from results.csv, then report.md linking every figure in the folder."""
+    from ..report.markdown import write_report
+    from ..report.plots import plot_accuracy_vs_eps
+    from .results import read_results
+
+    plot_accuracy_vs_eps(read_results(out_dir / "results.csv"), out_dir)
+    return write_report(out_dir)
+
+
+def _figure_name(*parts: str) -> str:
+    return "_".join("".join(c if c.isalnum() or c in "-." else "-" for c in p) for p in parts)
+
+
+def _run_seed(prep, cfg, seed, defenses, vcfg, store, reporter, device, out_dir: Path) -> None:
+    memo: dict[str, Any] = {}
+    figures = seed == cfg.seeds[0]
+    projected: dict[str, torch.Tensor] = {}
+    base = {
+        "setting": prep.setting.name,
+        "source": prep.setting.source,
+        "target": prep.setting.target,
+        "extractor": prep.ext_cfg.label,
+        "seed": seed,
+        "n_clean": len(prep.target.train),
+        "clean_acc": prep.clean_acc,
+    }
+    clean_ts = build_training_set(prep, None, cfg.batch_size)
+    for eps in cfg.eps:
+        for d in defenses:
+            row = {**base, "attack": "none", "regime": "-", "eps": eps, "defense": d.label}
+            if store.has(row_key(row)):
+                reporter.advance()
+                continue
+            t0 = time.perf_counter()
+            row.update(evaluate(prep, clean_ts, d, eps, vcfg, seed), n_poison=0)
+            row["seconds"] = time.perf_counter() - t0
+            store.append(row)
+            reporter.advance()
+    for spec in cfg.attacks:
+        info = get_attack(spec.name)
+        for regime in attack_regimes(spec, cfg):
+            for eps in cfg.eps:
+                keys = {
+                    d.label: {
+                        **base,
+                        "attack": spec.column,
+                        "regime": regime,
+                        "eps": eps,
+                        "defense": d.label,
+                    }
+                    for d in defenses
+                }
+                todo = [d for d in defenses if not store.has(row_key(keys[d.label]))]
+                if not todo:
+                    reporter.advance(len(defenses))
+                    continue
+                reporter.describe(f"{prep.setting.name} {spec.column} {regime} eps={eps}")
+                threat = ThreatModel(
+                    eps=eps, domain=prep.target.domain, regime=regime, linf=cfg.linf
+                )
+                ctx = AttackContext(
+                    extractor=prep.extractor,
+                    train=prep.target.train,
+                    z_train=prep.z_train,
+                    clean_head=prep.clean_head,
+                    victim=vcfg,
+                    threat=threat,
+                    seed=seed,
+                    device=device,
+                    memo=memo,
+                    progress=reporter.track,
+                    batch_size=cfg.batch_size,
+                )
+                torch.manual_seed(seed)
+                t0 = time.perf_counter()
+                poison = info.fn(ctx, **spec.params)
+                attack_seconds = time.perf_counter() - t0
+                ts = build_training_set(prep, poison, cfg.batch_size)
+                if cfg.save_poisons:
+                    from .export import poison_file, save_poisons
+
+                    save_poisons(
+                        poison_file(
+                            out_dir,
+                            prep.setting.name,
+                            prep.ext_cfg.label,
+                            spec.column,
+                            regime,
+                            eps,
+                            seed,
+                        ),
+                        poison,
+                    )
+                if figures and eps == max(cfg.eps):
+                    _record_figures(prep, spec.column, regime, eps, poison, ts, out_dir, projected)
+                for d in todo:
+                    t1 = time.perf_counter()
+                    row = dict(keys[d.label])
+                    row.update(evaluate(prep, ts, d, eps, vcfg, seed))
+                    row.update(
+                        n_poison=len(poison),
+                        attack_seconds=attack_seconds,
+                        seconds=attack_seconds + time.perf_counter() - t1,
+                        target_acc=poison.info.get("target_acc"),
+                        gc_objective=poison.info.get("gc_objective"),
+                        eps_needed=poison.info.get("eps_needed"),
+                        stages=json.dumps(
+                            {k: round(v, 4) for k, v in poison.stage_seconds.items()}
+                        ),
+                        info=json.dumps(_jsonable(poison.info)),
+                    )
+                    store.append(row)
+                    reporter.advance()
+                reporter.advance(len(defenses) - len(todo))
+    if projected:
+        from ..report.plots import save_feature_projection
+
+        save_feature_projection(
+            prep.z_train,
+            prep.target.train.y,
+            projected,
+            out_dir / (_figure_name("features", prep.setting.name, prep.ext_cfg.label) + ".png"),
+            f"{prep.setting.name}: clean features (PCA) and poisons at eps={max(cfg.eps)}",
+        )
+
+
+def _record_figures(prep, attack, regime, eps, poison, ts, out_dir, projected) -> None:
+    """Image grid of clean starts vs poisons, and poison features for the projection plot."""
+    from ..report.plots import save_poison_grid
+
+    projected[f"{attack} [{regime}]"] = ts.z[ts.is_poison]
+    if poison.x is not None and poison.base_idx is not None:
+        name = _figure_name("grid", prep.setting.name, prep.ext_cfg.label, attack, regime)
+        save_poison_grid(
+            prep.target.train.x[poison.base_idx.cpu()],
+            poison.x,
+            poison.y,
+            out_dir / f"{name}.png",
+            f"{prep.setting.name} · {attack} [{regime}] · eps={eps}",
+        )
+
+
+def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in info.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            out[k] = v
+    return out
+
+
+def _count_cells(cfg: Config, defenses: list) -> int:
+    per_seed = len(cfg.eps) * len(defenses)
+    for spec in cfg.attacks:
+        per_seed += len(attack_regimes(spec, cfg)) * len(cfg.eps) * len(defenses)
+    return per_seed * len(cfg.seeds) * len(cfg.settings) * len(cfg.extractors)
+
+
+def _manifest(cfg: Config, out_dir: Path) -> dict[str, Any]:
+    import platform
+
+    import torchvision
+
+    from .. import __version__
+
+    return {
+        "poisonprobe": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "seeds": list(cfg.seeds),
+        "settings": [],
+    }
+
+
+def _setting_record(prep: Prepared) -> dict[str, Any]:
+    return {
+        "setting": prep.setting.name,
+        "source": prep.setting.source,
+        "target": prep.setting.target,
+        "extractor": prep.ext_cfg.label,
+        "checkpoint": prep.checkpoint,
+        "checkpoint_sha256": prep.checkpoint_sha256,
+        "target_fingerprint": prep.target.train.fingerprint(),
+        "clean_acc": prep.clean_acc,
+        "seconds": {k: round(v, 3) for k, v in prep.seconds.items()},
+    }

@@ -1,0 +1,1 @@
+"""Reports: markdown tables, plots and image grids."""

@@ -1,0 +1,88 @@
+"""Config validation: every wrong key or value is a one-line ConfigError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from poisonprobe.errors import ConfigError
+from poisonprobe.experiment.config import Config, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_config_file_equals_builtin_default():
+    shipped = load_config(REPO / "configs" / "default.yaml")
+    assert shipped == Config()
+
+
+def test_issue_schema_example_is_accepted():
+    cfg = parse_config(
+        {
+            "settings": [
+                {"name": "finetune", "source": "digits", "target": "digits"},
+                {"name": "transfer", "source": "syndigits", "target": "digits"},
+            ],
+            "extractor": {"arch": "smallcnn", "method": "simclr", "epochs": 30, "checkpoint": None},
+            "attacks": [
+                "label-flip",
+                {"name": "label-flip", "label": "lf-random", "mode": "random"},
+            ],
+            "eps": [0.03, 0.1, 0.3],
+            "defenses": ["none"],
+            "seeds": [0],
+        }
+    )
+    assert [a.column for a in cfg.attacks] == ["label-flip", "lf-random"]
+    assert cfg.attacks[1].params == {"mode": "random"}
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"epz": [0.1]}, "epz"),
+        ({"eps": [0.0]}, "eps"),
+        ({"eps": [1.5]}, "outside (0, 1]"),
+        ({"eps": ["x"]}, "eps"),
+        ({"eps": []}, "eps"),
+        ({"seeds": []}, "seeds"),
+        ({"attacks": ["no-such-attack"]}, "unknown attack"),
+        ({"attacks": [{"name": "label-flip", "bogus": 1}]}, "no parameter 'bogus'"),
+        ({"attacks": ["label-flip", "label-flip"]}, "share a label"),
+        ({"extractor": {"arch": "vgg"}}, "unknown arch"),
+        ({"extractor": {"epochs": -1}}, "epochs"),
+        ({"extractor": {"method": "dino"}}, "method"),
+        ({"victim": {"weight_decay": 0}}, "weight_decay"),
+        ({"regimes": ["none"]}, "regimes"),
+        ({"device": "tpu"}, "device"),
+        ({"defenses": ["no-such-defense"]}, "defen"),
+        ({"settings": [{"name": "a", "source": "digits"}]}, "target"),
+    ],
+)
+def test_bad_values_give_one_line_errors(data, needle):
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    message = str(info.value)
+    assert "\n" not in message
+    assert needle.lower() in message.lower()
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("eps: [0.1\nseeds: 0:")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(scalar)
+
+
+def test_round_trip_yaml():
+    cfg = Config()
+    again = parse_config(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
