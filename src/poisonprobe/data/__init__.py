@@ -1,0 +1,20 @@
+"""Datasets by name; each carries its input domain (box, normalisation, shape)."""
+
+from . import digits, folder, syndigits, torchvision_sets  # noqa: F401  (registration)
+from .base import (
+    DatasetSplits,
+    ImageDataset,
+    dataset_names,
+    default_data_root,
+    load_dataset,
+    register_dataset,
+)
+
+__all__ = [
+    "DatasetSplits",
+    "ImageDataset",
+    "dataset_names",
+    "default_data_root",
+    "load_dataset",
+    "register_dataset",
+]

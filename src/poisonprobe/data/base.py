@@ -1,0 +1,108 @@
+"""The in-memory dataset every stage shares, and the registry of dataset loaders."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..domain import InputDomain
+from ..errors import DataError
+
+
+@dataclass
+class ImageDataset:
+    """Images ``x`` (N, C, H, W) float32 in the domain's box, labels ``y`` (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: list[str]
+    domain: InputDomain
+    name: str
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] == 0:
+            raise DataError(f"dataset {self.name!r} is empty; check its path or split")
+        if self.x.shape[0] != self.y.shape[0]:
+            raise DataError(
+                f"dataset {self.name!r} has {self.x.shape[0]} images but {self.y.shape[0]} labels"
+            )
+        self.domain.check(self.x, what=f"images of dataset {self.name!r}")
+        if self.y.min() < 0 or self.y.max() >= len(self.classes):
+            raise DataError(
+                f"dataset {self.name!r} has labels outside 0..{len(self.classes) - 1}; "
+                "relabel them to class indices"
+            )
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def fingerprint(self) -> str:
+        """Content hash of images and labels, used to key the feature cache."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(self.x.contiguous().numpy().tobytes())
+            h.update(self.y.contiguous().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def subset(self, idx: torch.Tensor, name: str | None = None) -> ImageDataset:
+        return ImageDataset(self.x[idx], self.y[idx], self.classes, self.domain, name or self.name)
+
+
+@dataclass
+class DatasetSplits:
+    """Train and test split of one dataset (same classes and domain)."""
+
+    train: ImageDataset
+    test: ImageDataset
+
+    @property
+    def domain(self) -> InputDomain:
+        return self.train.domain
+
+
+Loader = Callable[..., DatasetSplits]
+_REGISTRY: dict[str, tuple[Loader, str]] = {}
+
+
+def register_dataset(name: str, description: str) -> Callable[[Loader], Loader]:
+    """Register ``loader(arg: str | None, root: Path, seed: int, download: bool)``."""
+
+    def deco(fn: Loader) -> Loader:
+        _REGISTRY[name] = (fn, description)
+        return fn
+
+    return deco
+
+
+def dataset_names() -> dict[str, str]:
+    """Registered dataset names and their one-line descriptions."""
+    return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}
+
+
+def default_data_root() -> Path:
+    import os
+
+    return Path(os.environ.get("POISONPROBE_DATA", Path.home() / ".cache" / "poisonprobe" / "data"))
+
+
+def load_dataset(
+    spec: str, root: str | Path | None = None, seed: int = 0, download: bool = True
+) -> DatasetSplits:
+    """Load a dataset by spec: ``digits``, ``cifar10``, ``imagefolder:PATH``, ``npz:PATH``."""
+    name, _, arg = spec.partition(":")
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise DataError(f"unknown dataset {spec!r}; choose one of: {known}")
+    loader, _ = _REGISTRY[name]
+    root_path = Path(root) if root is not None else default_data_root()
+    return loader(arg or None, root=root_path, seed=seed, download=download)
