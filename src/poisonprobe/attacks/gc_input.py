@@ -1,1 +1,324 @@
-"""Placeholder: being written."""
+"""Input-space gradient canceling (``gc-input``): move poisoned *images* through the frozen
+extractor until their head gradients cancel the clean gradient at a target head ŵ.
+
+The objective is the shared ``gc_objective.gc_loss`` (closed-form head gradients), so each
+step costs one forward and one backward pass through ``f`` for the poisons only. This module
+also holds the small helpers every input-space attack here shares (feature-space VJP through
+the extractor, poison initialisation, optimiser with cosine lr and projection).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+from ..errors import ConfigError
+from ..victim import LinearHead, VictimConfig, gradient_sums
+from .base import AttackContext, PoisonSet, register_attack
+from .baselines import most_confusable_labels
+from .gc_objective import clean_gradient, gc_loss
+
+# ---------------------------------------------------------------------------------------------
+# shared helpers (also used by tgda.py and emn.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def feature_loss_and_grad(
+    ctx: AttackContext, x: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """``loss_fn(f(x))``, its gradient w.r.t. the images ``x`` and the features ``f(x)``.
+
+    ``loss_fn`` may couple all poisons (the GC residual sums over them), so for large poison
+    sets we first encode without a graph, take the gradient w.r.t. the features in closed
+    form, then backpropagate it batch by batch: memory stays one batch deep at CIFAR scale.
+    """
+    n = int(x.shape[0])
+    if n <= ctx.batch_size:
+        xx = x.detach().to(ctx.device).requires_grad_(True)
+        z = ctx.extractor(xx)
+        loss = loss_fn(z)
+        (gx,) = torch.autograd.grad(loss, xx)
+        return float(loss.detach()), gx, z.detach()
+    z = ctx.encode(x.detach())
+    zz = z.detach().requires_grad_(True)
+    loss = loss_fn(zz)
+    (gz,) = torch.autograd.grad(loss, zz)
+    gx = torch.empty_like(x, device=ctx.device)
+    for start in range(0, n, ctx.batch_size):
+        sl = slice(start, start + ctx.batch_size)
+        xb = x[sl].detach().to(ctx.device).requires_grad_(True)
+        zb = ctx.extractor(xb)
+        (gx[sl],) = torch.autograd.grad(zb, xb, grad_outputs=gz[sl].to(zb.dtype))
+    return float(loss.detach()), gx, z
+
+
+def init_poisons(
+    ctx: AttackContext, salt: str, labels: str = "clean", n: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pick ``n`` (default ``n_p``) clean start points: (indices, images, labels).
+
+    ``labels``: ``clean`` keeps the true labels (predecessor default for GC), ``confusable``
+    uses the clean head's highest-scoring wrong class, ``random`` a uniformly wrong class.
+    """
+    if labels not in ("clean", "confusable", "random"):
+        raise ConfigError(f"labels={labels!r} is unknown; use 'clean', 'confusable' or 'random'")
+    n = ctx.n_poison if n is None else n
+    gen = ctx.generator(salt)
+    if n <= ctx.n_clean:
+        idx = torch.randperm(ctx.n_clean, generator=gen)[:n]
+    else:  # eps close to 1 with rounding: sample with replacement
+        idx = torch.randint(ctx.n_clean, (n,), generator=gen)
+    y = ctx.train.y[idx].clone()
+    if labels == "confusable":
+        y = most_confusable_labels(ctx, idx)
+    elif labels == "random":
+        shift = torch.randint(1, ctx.n_classes, (n,), generator=gen)
+        y = (y + shift) % ctx.n_classes
+    return idx, ctx.train.x[idx].clone().to(ctx.device), y.to(ctx.device)
+
+
+def cosine_lr(lr: float, step: int, total: int, floor: float = 0.01) -> float:
+    """Cosine decay from ``lr`` to ``floor * lr`` over ``total`` steps."""
+    frac = step / max(total - 1, 1)
+    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+class PixelOptimizer:
+    """Descent on images with Adam or sign steps, then the regime's projection.
+
+    Keeping this in one place guarantees every attack projects after *every* step, which is
+    what the ``box`` countermeasure means.
+    """
+
+    def __init__(
+        self,
+        ctx: AttackContext,
+        x: torch.Tensor,
+        start: torch.Tensor,
+        method: str,
+        lr: float,
+        steps: int,
+    ) -> None:
+        if method not in ("adam", "sign"):
+            raise ConfigError(f"optimizer={method!r} is unknown; use 'adam' or 'sign'")
+        if not lr > 0:
+            raise ConfigError(f"lr={lr} must be > 0")
+        self.ctx, self.start, self.method, self.lr, self.steps = ctx, start, method, lr, steps
+        self.x = ctx.threat.project(x.detach().clone(), start)
+        self.t = 0
+        self.m = torch.zeros_like(self.x)
+        self.v = torch.zeros_like(self.x)
+
+    def step(self, grad: torch.Tensor) -> torch.Tensor:
+        """One descent step along ``grad`` (pass ``-grad`` to ascend)."""
+        lr = cosine_lr(self.lr, self.t, self.steps)
+        self.t += 1
+        if self.method == "sign":
+            upd = grad.sign()
+        else:
+            b1, b2 = 0.9, 0.999
+            self.m.mul_(b1).add_(grad, alpha=1 - b1)
+            self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            mhat = self.m / (1 - b1**self.t)
+            vhat = self.v / (1 - b2**self.t)
+            upd = mhat / (vhat.sqrt() + 1e-12)
+        self.x = self.ctx.threat.project(self.x - lr * upd, self.start)
+        return self.x
+
+
+# ---------------------------------------------------------------------------------------------
+# stage-1 target head (local fallback until attacks/gradpc.py lands)
+# ---------------------------------------------------------------------------------------------
+
+
+def _clean_loss_grad(head: LinearHead, z: torch.Tensor, y: torch.Tensor, wd: float):
+    gw, gb = gradient_sums(head, z, y)
+    n = z.shape[0]
+    return torch.cat([(gw / n + wd * head.weight).reshape(-1), gb / n])
+
+
+def gradpc_ascent(
+    head: LinearHead,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    wd: float,
+    radius: float,
+    steps: int = 100,
+) -> LinearHead:
+    """METHOD.md stage 1: normalised gradient ascent from ``head`` inside an L2 ball."""
+    w0 = head.flat().detach()
+    a = torch.zeros_like(w0)
+    lr = 2.5 * radius / steps
+    k, d = head.weight.shape
+    for _ in range(steps):
+        g = _clean_loss_grad(LinearHead.from_flat(w0 + a, k, d), z, y, wd)
+        a = a + lr * g / g.norm().clamp_min(1e-30)
+        norm = a.norm()
+        if norm > radius:
+            a = a * (radius / norm)
+    return LinearHead.from_flat(w0 + a, k, d)
+
+
+def _reach_ratio(
+    target: LinearHead, z: torch.Tensor, y: torch.Tensor, wd: float, n_p: int
+) -> float:
+    """A necessary poisonability check: ``||R_clean + wd·n_p·W|| / (n_p · max per-point ||∇||)``.
+
+    ``n_p`` poisons can cancel at most ``n_p · √2 · max‖[z, 1]‖`` of gradient, assuming their
+    features stay within the clean norm range; a ratio > 1 means the target is out of reach.
+    """
+    cg = clean_gradient(target, z, y, wd)
+    need = torch.sqrt(((cg.weight + wd * n_p * target.weight) ** 2).sum() + (cg.bias**2).sum())
+    zmax = float(torch.sqrt((z.double() ** 2).sum(1).max() + 1.0))
+    return float(need) / (n_p * math.sqrt(2.0) * zmax)
+
+
+def target_head(
+    ctx: AttackContext, radius: float = 0.05, steps: int = 100
+) -> tuple[LinearHead, dict[str, float]]:
+    """Target head ŵ for GC: GradPC with an L2 radius relative to ``||w0||`` (memoised).
+
+    A local fallback for FT stage 1 until ``attacks/gradpc.py``'s target search is wired in;
+    the reachability ratio (see ``_reach_ratio``) is reported, not enforced.
+    """
+    if not radius > 0:
+        raise ConfigError(f"gc-input radius={radius} must be > 0 (relative to ||w0||, e.g. 0.05)")
+    key = ("gc-input/target", radius, steps)
+    if key not in ctx.memo:
+        z = ctx.z_train
+        y = ctx.train.y.to(z.device)
+        head = ctx.clean_head.to(z.device, torch.float64)
+        ctx.memo[key] = gradpc_ascent(
+            head, z, y, ctx.victim.weight_decay, radius * float(head.flat().norm()), steps
+        )
+    target = ctx.memo[key]
+    z, y = ctx.z_train, ctx.train.y.to(ctx.z_train.device)
+    meta = {
+        "target_radius": radius,
+        "target_acc": target.accuracy(z, y),  # on the clean *training* set (no test split)
+        "target_reach_ratio": _reach_ratio(target, z, y, ctx.victim.weight_decay, ctx.n_poison),
+    }
+    return target, meta
+
+
+def induced_target(ctx: AttackContext) -> tuple[LinearHead, dict[str, float], PoisonSet]:
+    """The victim head induced by ``tgda-feature`` poisons: reachable by construction (with
+    features in the clean range), so GC through ``f`` only has to realise it in images.
+
+    Returns the head and the feature poisons (their labels and base points seed the images).
+    """
+    from .tgda import newton_solve, tgda_feature
+
+    key = ("gc-input/tgda-feature-target", ctx.threat.eps, ctx.threat.regime)
+    if key not in ctx.memo:
+        ps = tgda_feature(ctx)
+        assert ps.z is not None
+        z = torch.cat([ctx.z_train, ps.z.to(ctx.z_train)])
+        y = torch.cat([ctx.train.y, ps.y]).to(z.device)
+        head = newton_solve(ctx.clean_head, z, y, ctx.victim.weight_decay, tol=1e-9)
+        ctx.memo[key] = (head, ps)
+    head, ps = ctx.memo[key]
+    z, y = ctx.z_train, ctx.train.y.to(ctx.z_train.device)
+    meta = {
+        "target_acc": head.accuracy(z, y),
+        "target_reach_ratio": _reach_ratio(head, z, y, ctx.victim.weight_decay, ctx.n_poison),
+    }
+    return head, meta, ps
+
+
+# ---------------------------------------------------------------------------------------------
+# the attack
+# ---------------------------------------------------------------------------------------------
+
+
+def gc_objective_fn(
+    target: LinearHead,
+    z_clean: torch.Tensor,
+    y_clean: torch.Tensor,
+    y_poison: torch.Tensor,
+    victim: VictimConfig,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``z_p -> gc_loss`` at ``target`` (clean part precomputed once)."""
+    clean = clean_gradient(target, z_clean, y_clean, victim.weight_decay)
+    return lambda zp: gc_loss(target, clean, zp, y_poison, victim.weight_decay)
+
+
+@register_attack("gc-input", regimes=("unconstrained", "box"))
+def gc_input(
+    ctx: AttackContext,
+    steps: int = 20,
+    lr: float | None = None,
+    optimizer: str = "adam",
+    labels: str = "clean",
+    radius: float = 0.05,
+    target_steps: int = 100,
+    tol: float = 1e-3,
+    target: str = "gradpc",
+) -> PoisonSet:
+    """Gradient canceling on images through the frozen extractor, at a GradPC target head.
+
+    ``lr`` defaults to 0.1 (adam) / 0.02 (sign) in pixel units, cosine-decayed; ``radius`` is
+    the GradPC target's L2 radius relative to ||w0||; ``labels`` ``clean`` (predecessor
+    default) or ``confusable``; stop early when the relative GC objective falls below ``tol``.
+    ``target="tgda-feature"`` aims at the head that feature-space TGDA poisons induce instead
+    (and starts from those poisons' base images and labels; ``labels`` is then ignored).
+    """
+    if steps < 1:
+        raise ConfigError(f"gc-input steps={steps} must be >= 1")
+    lr = lr if lr is not None else (0.1 if optimizer == "adam" else 0.02)
+    if target not in ("gradpc", "tgda-feature"):
+        raise ConfigError(f"gc-input target={target!r} is unknown; use 'gradpc' or 'tgda-feature'")
+    t_all = time.perf_counter()
+    if target == "gradpc":
+        head, meta = target_head(ctx, radius=radius, steps=target_steps)
+        t_target = time.perf_counter() - t_all
+        t0 = time.perf_counter()
+        idx, x0, y = init_poisons(ctx, "gc-input", labels)
+    else:
+        head, meta, seed = induced_target(ctx)
+        t_target = time.perf_counter() - t_all
+        t0 = time.perf_counter()
+        assert seed.base_idx is not None
+        idx, y = seed.base_idx, seed.y.to(ctx.device)
+        x0 = ctx.train.x[idx].clone().to(ctx.device)
+    z_clean = ctx.z_train
+    loss_fn = gc_objective_fn(head, z_clean, ctx.train.y.to(z_clean.device), y, ctx.victim)
+    opt = PixelOptimizer(ctx, x0, x0, optimizer, lr, steps)
+    best_x, best, first = opt.x.clone(), float("inf"), None
+    done = 0
+    for _ in ctx.iterate(steps, "gc-input"):
+        loss, gx, _ = feature_loss_and_grad(ctx, opt.x, loss_fn)
+        first = loss if first is None else first
+        if loss < best:
+            best, best_x = loss, opt.x.clone()
+        if loss < tol:
+            break
+        opt.step(gx)
+        done += 1
+    with torch.no_grad():  # the last step's result has not been scored yet
+        final = float(loss_fn(ctx.encode(opt.x)))
+    if final < best:
+        best, best_x = final, opt.x.clone()
+    seconds = time.perf_counter() - t0
+    info = {
+        **meta,
+        "target": target,
+        "gc_objective": best,
+        "gc_objective_init": first,
+        "steps_run": done,
+    }
+    return PoisonSet(
+        y=y.cpu(),
+        x=best_x.detach().cpu(),
+        base_idx=idx,
+        info=info,
+        stage_seconds={
+            "target": t_target,
+            "optimise": seconds,
+            "per_step": seconds / max(done, 1),
+            "total": time.perf_counter() - t_all,
+        },
+    )

@@ -1,1 +1,718 @@
-"""Placeholder: being written."""
+"""TGDA: total gradient descent ascent, the Stackelberg poisoning game (Lu et al. 2022).
+
+Leader (attacker): poisoned images (or a small generator that makes them, or – in
+``tgda-feature`` – poisoned features). Follower (victim): the linear head, minimising
+
+    F(w) = (1/n) Σ_{D_f ∪ D_p} CE + (wd/2)||W||²,   D_f = clean follower data.
+
+The leader maximises the follower's validation loss 𝓛(w) (CE by default) on a split of the
+*clean training set* (attackers never see the test split) along the total gradient
+
+    d𝓛/dθ = ∇_θ𝓛 − ∇²_{θw}F · (∇²_{ww}F)⁻¹ ∇_w𝓛.
+
+Here ∇_θ𝓛 = 0 (validation points are clean) and, since only the poisons' closed-form head
+gradients depend on θ, ∇²_{θw}F · v = ∇_θ ⟨(1/n) Σ_p ∇_w CE_p, v⟩: one backward pass through
+the extractor per leader step. ``v = H⁻¹∇_w𝓛`` comes from conjugate gradient on closed-form
+Hessian-vector products (Kronecker-factored preconditioner), or from an explicit (kd+k)²
+Hessian + Cholesky when the head is small. With ``follower="exact"`` the head is solved to
+convergence (warm-started Newton-CG), so the total gradient is the exact hypergradient
+(implicit differentiation: F is strictly convex in W; the one flat direction, a common shift
+of all biases, is handled explicitly).
+
+Defaults that differ from the predecessor, on measurements (digits, SimCLR smallcnn):
+``follower_data="all"`` + ``val_fraction=1.0``. A *held-out* split makes the follower train on
+less clean data than the real victim, and poisons tuned to that weaker follower transfer
+badly (e.g. tgda-feature at eps=0.03: drop 0.011 held-out 30% vs 0.067 with all data); the
+victim trains on all of D_c, which the attacker knows, so the exact follower *is* the victim.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..victim import LinearHead, VictimConfig, gradient_sums
+from .base import AttackContext, PoisonSet, register_attack
+from .gc_input import PixelOptimizer, cosine_lr, feature_loss_and_grad, init_poisons
+
+HESSIAN_MODES = ("auto", "exact", "cg")
+FOLLOWER_MODES = ("exact", "steps")
+
+# ---------------------------------------------------------------------------------------------
+# follower curvature: Hessian-vector products, explicit Hessian, solves
+# ---------------------------------------------------------------------------------------------
+
+
+class HeadCurvature:
+    """Curvature of the victim objective ``F`` at a head, on features ``z`` (labels not needed:
+    the CE Hessian depends on the softmax only).
+
+    Parameters are ordered like ``LinearHead.flat()``: ``[vec(W) row-major, b]``.
+    """
+
+    def __init__(
+        self,
+        head: LinearHead,
+        z: torch.Tensor,
+        weight_decay: float,
+        feature_eig: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        self.z = z.detach().to(head.weight.device, torch.float64)
+        self.head = head
+        self.k, self.d = head.weight.shape
+        self.n = int(self.z.shape[0])
+        self.wd = weight_decay
+        self.p = torch.softmax(head.logits(self.z), dim=1)
+        # the null direction of H: shifting every bias by the same amount changes nothing
+        self.null = torch.zeros(self.k * self.d + self.k, dtype=torch.float64, device=self.z.device)
+        self.null[self.k * self.d :] = 1.0 / math.sqrt(self.k)
+        self._kfac: tuple[torch.Tensor, ...] | None = None
+        self._feature_eig = feature_eig
+
+    @property
+    def n_params(self) -> int:
+        return self.k * self.d + self.k
+
+    def hvp(self, u: torch.Tensor) -> torch.Tensor:
+        """``H u`` in O(nkd): logits direction s = U z + c, then (diag p − p pᵀ) s per point."""
+        kd = self.k * self.d
+        uw, ub = u[:kd].reshape(self.k, self.d), u[kd:]
+        s = self.z @ uw.T + ub
+        a = self.p * s - self.p * (self.p * s).sum(dim=1, keepdim=True)
+        hw = a.T @ self.z / self.n + self.wd * uw
+        return torch.cat([hw.reshape(-1), a.sum(dim=0) / self.n])
+
+    def matrix(self) -> torch.Tensor:
+        """The explicit Hessian (kd+k)², built class-row by class-row (memory O(n·k·d))."""
+        k, d, n = self.k, self.d, self.n
+        zt = torch.cat([self.z, torch.ones(n, 1, dtype=self.z.dtype, device=self.z.device)], 1)
+        full = torch.empty(k, d + 1, k, d + 1, dtype=self.z.dtype, device=self.z.device)
+        for a in range(k):
+            coef = -self.p[:, a : a + 1] * self.p  # (n, k): A_i[a, b] = p_a (δ_ab − p_b)
+            coef[:, a] += self.p[:, a]
+            block = zt.T @ (coef[:, :, None] * zt[:, None, :]).reshape(n, k * (d + 1))
+            full[a] = block.reshape(d + 1, k, d + 1) / n
+        idx_w = (torch.arange(k)[:, None] * (d + 1) + torch.arange(d)[None, :]).reshape(-1)
+        perm = torch.cat([idx_w, torch.arange(k) * (d + 1) + d]).to(self.z.device)
+        h = full.reshape(k * (d + 1), k * (d + 1))[perm][:, perm]
+        h[range(k * d), range(k * d)] += self.wd
+        return h
+
+    def solve_exact(self, g: torch.Tensor) -> torch.Tensor:
+        """``H⁻¹ g`` on the complement of the null direction: Cholesky of ``H + σ·u uᵀ``.
+
+        For ``g ⟂ u`` the solution of the shifted system is ``⟂ u`` and solves ``H v = g``.
+        """
+        h = self.matrix()
+        sigma = float(torch.diagonal(h).mean())
+        h = h + sigma * torch.outer(self.null, self.null)
+        g = g - (g @ self.null) * self.null
+        chol, info = torch.linalg.cholesky_ex(h)
+        if int(info) != 0:  # numerically indefinite: tiny ridge, still far below wd
+            eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+            chol = torch.linalg.cholesky(h + 1e-10 * sigma * eye)
+        return torch.cholesky_solve(g[:, None], chol)[:, 0]
+
+    def precondition(self, u: torch.Tensor) -> torch.Tensor:
+        """Apply ``(Ā ⊗ C + wd·I)⁻¹``: a Kronecker-factored approximation of ``H⁻¹``.
+
+        ``Ā`` = mean softmax curvature (k×k), ``C = Z̃ᵀZ̃/n`` ((d+1)², bias as a constant
+        feature). Both are eigendecomposed once per follower point, so applying it costs
+        O(k²d + kd²). SSL features make ``H`` badly conditioned (κ ~ 1e4 at wd = 1e-3) and
+        plain CG then needs hundreds of iterations; with this, a few dozen.
+        """
+        if self._kfac is None:
+            abar = torch.diag(self.p.mean(0)) - self.p.T @ self.p / self.n
+            la, qa = torch.linalg.eigh(abar)
+            if self._feature_eig is None:
+                self._feature_eig = feature_eig(self.z)
+            lc, qc = self._feature_eig
+            inv = 1.0 / (la.clamp_min(0)[:, None] * lc.clamp_min(0)[None, :] + self.wd)
+            self._kfac = (qa, qc, inv)
+        qa, qc, inv = self._kfac
+        k, d = self.k, self.d
+        full = torch.cat([u[: k * d].reshape(k, d), u[k * d :, None]], 1)
+        out = qa @ ((qa.T @ full @ qc) * inv) @ qc.T
+        return torch.cat([out[:, :d].reshape(-1), out[:, d]])
+
+    def solve_cg(
+        self, g: torch.Tensor, iters: int = 16, tol: float = 1e-10, precondition: bool = True
+    ) -> torch.Tensor:
+        """``H⁻¹ g`` by (preconditioned) conjugate gradient on Hessian-vector products."""
+        g = g - (g @ self.null) * self.null
+        pre = self._project_precondition if precondition else None
+        return conjugate_gradient(self.hvp, g, iters, tol, pre)
+
+    def _project_precondition(self, u: torch.Tensor) -> torch.Tensor:
+        v = self.precondition(u)
+        return v - (v @ self.null) * self.null  # keep CG iterates off the flat direction
+
+    def auto_exact(self) -> bool:
+        """Explicit Hessian when it is cheap: ~2nk²(d+1)² flops + (kd+k)³/3 Cholesky.
+
+        CPU: up to ~1 GFLOP (e.g. k=10, d≤128 on digits-sized data); GPU: up to ~4 TFLOP
+        and 2 GiB of Hessian (e.g. k=10, d=512 on CIFAR). Otherwise CG.
+        """
+        p = self.n_params
+        flops = 2.0 * self.n * self.k**2 * (self.d + 1) ** 2 + p**3 / 3
+        if self.z.device.type == "cuda":
+            return flops <= 4e12 and p * p * 8 <= 2 * 2**30
+        return flops <= 1e9
+
+
+def feature_eig(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigen-decomposition of ``Z̃ᵀZ̃/n`` (bias as a constant feature): the head-independent
+    factor of the preconditioner, shared by every Newton step of one follower solve."""
+    zt = torch.cat([z, torch.ones_like(z[:, :1])], 1)
+    return torch.linalg.eigh(zt.T @ zt / z.shape[0])
+
+
+def conjugate_gradient(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    iters: int,
+    tol: float = 1e-10,
+    precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """(Preconditioned) CG for a symmetric positive (semi-)definite operator, x₀ = 0; stops
+    when the residual is below ``tol·||b||``."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    zr = precondition(r) if precondition is not None else r
+    p = zr.clone()
+    rz = r @ zr
+    stop = (tol * b.norm()) ** 2
+    for _ in range(iters):
+        if r @ r <= stop:
+            break
+        hp = matvec(p)
+        alpha = rz / (p @ hp).clamp_min(1e-300)
+        x = x + alpha * p
+        r = r - alpha * hp
+        zr = precondition(r) if precondition is not None else r
+        rz_new = r @ zr
+        p = zr + (rz_new / rz.clamp_min(1e-300)) * p
+        rz = rz_new
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# total gradient in feature space (shared by images, generator and features)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FollowerProblem:
+    """The follower's clean data, the validation split and how to solve for ``v``."""
+
+    z_fol: torch.Tensor
+    y_fol: torch.Tensor
+    z_val: torch.Tensor
+    y_val: torch.Tensor
+    n_classes: int
+    victim: VictimConfig
+    hessian: str = "auto"
+    cg_iters: int = 16
+    follower_tol: float = 1e-5  # ||∇F|| at which the exact follower stops
+    leader_loss: str = "ce"
+
+
+LEADER_LOSSES = ("ce", "prob", "margin")
+
+
+def val_loss_and_grad(
+    head: LinearHead, z_val: torch.Tensor, y_val: torch.Tensor, kind: str = "ce"
+) -> tuple[float, torch.Tensor]:
+    """The leader's validation loss and its flat gradient w.r.t. the head.
+
+    ``ce``: mean cross-entropy (predecessor). ``prob``: mean ``1 − p_y`` – like CE on points
+    still classified correctly, but no pull from points already lost, so ascent spends the
+    budget on flipping more points rather than on making lost ones worse. ``margin``: mean
+    ``min(max_{j≠y} s_j − s_y, 0)`` – a hinge that stops once a point is misclassified.
+    """
+    if kind not in LEADER_LOSSES:
+        raise ConfigError(f"leader_loss={kind!r} is unknown; use one of {LEADER_LOSSES}")
+    k, d = head.weight.shape
+    y = y_val.long()
+    with torch.enable_grad():
+        theta = head.flat().detach().clone().requires_grad_(True)
+        logits = LinearHead.from_flat(theta, k, d).logits(z_val.detach())
+        if kind == "ce":
+            loss = torch.nn.functional.cross_entropy(logits, y)
+        elif kind == "prob":
+            loss = 1.0 - torch.softmax(logits, dim=1).gather(1, y[:, None]).mean()
+        else:
+            other = logits.scatter(1, y[:, None], -torch.inf).amax(dim=1)
+            loss = (other - logits.gather(1, y[:, None])[:, 0]).clamp(max=0.0).mean()
+        (g,) = torch.autograd.grad(loss, theta)
+    return float(loss.detach()), g
+
+
+def solve_follower_system(
+    curv: HeadCurvature, g: torch.Tensor, hessian: str, cg_iters: int
+) -> tuple[torch.Tensor, bool]:
+    """``v = H⁻¹ g`` by the chosen method; returns (v, used_exact)."""
+    if hessian not in HESSIAN_MODES:
+        raise ConfigError(f"hessian={hessian!r} is unknown; use one of {HESSIAN_MODES}")
+    exact = hessian == "exact" or (hessian == "auto" and curv.auto_exact())
+    if exact:
+        return curv.solve_exact(g), True
+    return curv.solve_cg(g, cg_iters), False
+
+
+def total_gradient_surrogate(
+    head: LinearHead,
+    prob: FollowerProblem,
+    z_p: torch.Tensor,
+    y_p: torch.Tensor,
+    stats: dict[str, float],
+) -> torch.Tensor:
+    """A scalar whose gradient w.r.t. ``z_p`` is the leader's total gradient d𝓛/dz_p.
+
+    ``−(1/n)⟨Σ_p ∇_w CE(w; z_p, y_p), v⟩`` with ``v = H⁻¹∇_w𝓛`` held constant; ``head`` is
+    the follower's current solution on ``D_f ∪ (z_p, y_p)``. Fills ``stats`` with the
+    validation loss and solve time.
+    """
+    zp_det = z_p.detach().to(torch.float64)
+    z_all = torch.cat([prob.z_fol.to(torch.float64), zp_det])
+    loss, g = val_loss_and_grad(head, prob.z_val, prob.y_val, prob.leader_loss)
+    t0 = time.perf_counter()
+    curv = HeadCurvature(head, z_all, prob.victim.weight_decay)
+    v, exact = solve_follower_system(curv, g, prob.hessian, prob.cg_iters)
+    stats["solve_seconds"] = stats.get("solve_seconds", 0.0) + time.perf_counter() - t0
+    stats["val_loss"] = loss
+    stats["exact_hessian"] = float(exact)
+    k, d = head.weight.shape
+    vw, vb = v[: k * d].reshape(k, d), v[k * d :]
+    gw, gb = gradient_sums(head, z_p, y_p)
+    return -((gw * vw).sum() + (gb * vb).sum()) / z_all.shape[0]
+
+
+def follower_lipschitz(z: torch.Tensor, weight_decay: float) -> float:
+    """Upper bound on ``F``'s curvature: ½·λmax(Z̃ᵀZ̃/n) + wd (softmax Hessian ≤ ½)."""
+    zt = torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)], 1)
+    lam = torch.linalg.eigvalsh(zt.T @ zt / z.shape[0])[-1]
+    return 0.5 * float(lam) + weight_decay
+
+
+def _objective(
+    theta: torch.Tensor, z: torch.Tensor, yoh: torch.Tensor, wd: float, k: int, grad: bool = True
+) -> tuple[float, torch.Tensor | None]:
+    """The victim objective F and its flat gradient (closed form, float64)."""
+    d = z.shape[1]
+    w, b = theta[: k * d].reshape(k, d), theta[k * d :]
+    logp = torch.log_softmax(z @ w.T + b, dim=1)
+    n = z.shape[0]
+    loss = float(-(yoh * logp).sum() / n + 0.5 * wd * (w**2).sum())
+    if not grad:
+        return loss, None
+    resid = (logp.exp() - yoh) / n
+    return loss, torch.cat([(resid.T @ z + wd * w).reshape(-1), resid.sum(0)])
+
+
+def newton_solve(
+    head: LinearHead,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    wd: float,
+    tol: float = 1e-9,
+    max_steps: int = 30,
+    cg_iters: int = 100,
+) -> LinearHead:
+    """Minimise F exactly: warm-started Newton with preconditioned-CG steps + backtracking.
+
+    ``victim.train_head``'s L-BFGS stalls near ``||∇F|| ~ 1e-6`` on SSL features (κ ~ 1e4)
+    after hundreds of iterations; Newton reaches ``tol`` in a handful of steps, which the
+    implicit-function hypergradient needs (it assumes ``∇F = 0``).
+    """
+    k, d = head.weight.shape
+    zd = z.detach().to(head.weight.device, torch.float64)
+    yoh = torch.nn.functional.one_hot(y.long(), k).to(zd)
+    theta = head.flat().detach().clone()
+    loss, g = _objective(theta, zd, yoh, wd, k)
+    eig = None
+    for _ in range(max_steps):
+        gnorm = float(g.norm())
+        if gnorm <= tol:
+            break
+        eig = feature_eig(zd) if eig is None else eig
+        curv = HeadCurvature(LinearHead.from_flat(theta, k, d), zd, wd, eig)
+        step = curv.solve_cg(g, iters=cg_iters, tol=min(0.5, math.sqrt(gnorm)))
+        slope = float(g @ step)
+        t = 1.0
+        while t > 1e-10:
+            trial = theta - t * step
+            new_loss, _ = _objective(trial, zd, yoh, wd, k, grad=False)
+            if new_loss <= loss - 1e-4 * t * slope:
+                break
+            t *= 0.5
+        theta = theta - t * step
+        loss, g = _objective(theta, zd, yoh, wd, k)
+    return LinearHead.from_flat(theta, k, d)
+
+
+def follower_update(
+    head: LinearHead,
+    prob: FollowerProblem,
+    z_p: torch.Tensor,
+    y_p: torch.Tensor,
+    mode: str,
+    steps: int,
+) -> LinearHead:
+    """Move the follower: exact Newton solve (warm start) or ``steps`` gradient steps."""
+    z_all = torch.cat([prob.z_fol, z_p.detach().to(prob.z_fol.dtype)])
+    y_all = torch.cat([prob.y_fol, y_p.to(prob.y_fol.device)])
+    if mode == "exact":
+        return newton_solve(head, z_all, y_all, prob.victim.weight_decay, tol=prob.follower_tol)
+    zd = z_all.to(torch.float64)
+    lr = 1.0 / follower_lipschitz(zd, prob.victim.weight_decay)
+    theta = head.flat().detach().clone()
+    k, d = head.weight.shape
+    n = zd.shape[0]
+    for _ in range(steps):
+        h = LinearHead.from_flat(theta, k, d)
+        gw, gb = gradient_sums(h, zd, y_all)
+        grad = torch.cat([(gw / n + prob.victim.weight_decay * h.weight).reshape(-1), gb / n])
+        theta = theta - lr * grad
+    return LinearHead.from_flat(theta, k, d)
+
+
+def follower_problem(
+    ctx: AttackContext,
+    val_fraction: float,
+    follower_data: str,
+    hessian: str,
+    cg_iters: int,
+    leader_loss: str,
+    follower_tol: float,
+    salt: str,
+) -> tuple[FollowerProblem, torch.Tensor]:
+    """Split the clean training set into follower data and the leader's validation split."""
+    if follower_data not in ("rest", "all"):
+        raise ConfigError(f"follower_data={follower_data!r} is unknown; use 'rest' or 'all'")
+    if not 0.0 < val_fraction <= 1.0 or (follower_data == "rest" and val_fraction == 1.0):
+        raise ConfigError(
+            f"val_fraction={val_fraction} must be in (0, 1] (< 1 with follower_data='rest')"
+        )
+    if hessian not in HESSIAN_MODES:
+        raise ConfigError(f"hessian={hessian!r} is unknown; use one of {HESSIAN_MODES}")
+    if cg_iters < 1:
+        raise ConfigError(f"cg_iters={cg_iters} must be >= 1")
+    if leader_loss not in LEADER_LOSSES:
+        raise ConfigError(f"leader_loss={leader_loss!r} is unknown; use one of {LEADER_LOSSES}")
+    if not follower_tol > 0:
+        raise ConfigError(f"follower_tol={follower_tol} must be > 0, e.g. 1e-5")
+    n = ctx.n_clean
+    perm = torch.randperm(n, generator=ctx.generator(salt + "/val"))
+    n_val = max(1, min(n if follower_data == "all" else n - 1, int(round(val_fraction * n))))
+    val_idx, rest_idx = perm[:n_val], perm[n_val:]
+    fol_idx = rest_idx if follower_data == "rest" else torch.arange(n)
+    z, y = ctx.z_train, ctx.train.y.to(ctx.z_train.device)
+    vi, fi = val_idx.to(z.device), fol_idx.to(z.device)
+    prob = FollowerProblem(
+        z_fol=z[fi],
+        y_fol=y[fi],
+        z_val=z[vi],
+        y_val=y[vi],
+        n_classes=ctx.n_classes,
+        victim=ctx.victim,
+        hessian=hessian,
+        cg_iters=cg_iters,
+        leader_loss=leader_loss,
+        follower_tol=follower_tol,
+    )
+    return prob, val_idx
+
+
+def _check_common(follower: str, leader_steps: int, follower_steps: int) -> None:
+    if follower not in FOLLOWER_MODES:
+        raise ConfigError(f"follower={follower!r} is unknown; use one of {FOLLOWER_MODES}")
+    if leader_steps < 1 or follower_steps < 1:
+        raise ConfigError("tgda leader_steps and follower_steps must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# leader = images or generator
+# ---------------------------------------------------------------------------------------------
+
+
+class PoisonGenerator(nn.Module):
+    """A small MLP that maps (base image, label one-hot) to a bounded image perturbation.
+
+    The last layer starts at zero, so the generator starts from the clean base images.
+    """
+
+    def __init__(
+        self, n_pixels: int, n_classes: int, hidden: int, amplitude: float, gen: torch.Generator
+    ) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(n_pixels + n_classes, hidden)
+        self.fc2 = nn.Linear(hidden, n_pixels)
+        with torch.no_grad():
+            bound = 1.0 / math.sqrt(n_pixels + n_classes)
+            self.fc1.weight.copy_(
+                (torch.rand(self.fc1.weight.shape, generator=gen) * 2 - 1) * bound
+            )
+            self.fc1.bias.zero_()
+            self.fc2.weight.zero_()
+            self.fc2.bias.zero_()
+        self.n_classes = n_classes
+        self.amplitude = amplitude
+
+    def forward(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        flat = x0.reshape(x0.shape[0], -1)
+        onehot = torch.nn.functional.one_hot(y.long(), self.n_classes).to(flat.dtype)
+        h = torch.relu(self.fc1(torch.cat([flat, onehot], 1)))
+        delta = self.amplitude * torch.tanh(self.fc2(h))
+        return x0 + delta.reshape(x0.shape)
+
+
+@register_attack("tgda", regimes=("unconstrained", "box"))
+def tgda(
+    ctx: AttackContext,
+    leader_steps: int = 15,
+    lr: float | None = None,
+    optimizer: str = "adam",
+    follower: str = "exact",
+    follower_steps: int = 20,
+    follower_tol: float = 1e-5,
+    hessian: str = "auto",
+    cg_iters: int = 16,
+    labels: str = "confusable",
+    val_fraction: float = 1.0,
+    follower_data: str = "all",
+    leader_loss: str = "ce",
+    leader: str = "images",
+    generator_hidden: int = 256,
+) -> PoisonSet:
+    """Total gradient descent ascent: poisons (images or a generator) vs the linear head.
+
+    ``follower``: ``exact`` (solve to convergence → exact hypergradient) or ``steps``
+    (predecessor: ``follower_steps`` gradient steps per leader step). ``hessian``: ``exact``
+    (explicit + Cholesky), ``cg`` (``cg_iters`` CG iterations) or ``auto`` (by size).
+    ``lr`` defaults to 0.1 pixels (adam, images), 0.02 (sign) or 1e-3 (generator).
+    """
+    _check_common(follower, leader_steps, follower_steps)
+    if leader not in ("images", "generator"):
+        raise ConfigError(f"tgda leader={leader!r} is unknown; use 'images' or 'generator'")
+    t_all = time.perf_counter()
+    prob, val_idx = follower_problem(
+        ctx, val_fraction, follower_data, hessian, cg_iters, leader_loss, follower_tol, "tgda"
+    )
+    idx, x0, y_p = init_poisons(ctx, "tgda", labels)
+    head = ctx.clean_head.to(ctx.z_train.device, torch.float64)
+    stats: dict[str, float] = {}
+    history: list[float] = []
+
+    def surrogate(z_p: torch.Tensor) -> torch.Tensor:
+        nonlocal head
+        t0 = time.perf_counter()
+        head = follower_update(head, prob, z_p, y_p, follower, follower_steps)
+        stats["follower_seconds"] = stats.get("follower_seconds", 0.0) + time.perf_counter() - t0
+        s = total_gradient_surrogate(head, prob, z_p, y_p, stats)
+        history.append(stats["val_loss"])
+        return s
+
+    opt: PixelOptimizer | None = None
+    if leader == "images":
+        lr = lr if lr is not None else (0.1 if optimizer == "adam" else 0.02)
+        opt = PixelOptimizer(ctx, x0, x0, optimizer, lr, leader_steps)
+        x = opt.x
+    else:
+        lr = lr if lr is not None else 1e-3
+        dom = ctx.threat.domain
+        net = PoisonGenerator(
+            int(x0[0].numel()),
+            ctx.n_classes,
+            generator_hidden,
+            dom.high - dom.low,
+            ctx.generator("tgda/generator"),
+        ).to(ctx.device)
+        gopt = torch.optim.Adam(net.parameters(), lr=lr)
+        with torch.no_grad():
+            x = ctx.threat.project(net(x0, y_p), x0)
+
+    best_x, best_loss = x.detach().clone(), -math.inf
+    step_times: list[float] = []
+    for t in ctx.iterate(leader_steps, "tgda"):
+        t0 = time.perf_counter()
+        _, gx, _ = feature_loss_and_grad(ctx, x, surrogate)  # gx = d𝓛/dx (ascent direction)
+        if history[-1] > best_loss:
+            best_loss, best_x = history[-1], x.detach().clone()
+        if opt is not None:
+            x = opt.step(-gx)
+        else:  # chain the total gradient through the generator: dL/dφ = (dx/dφ)ᵀ dL/dx
+            for group in gopt.param_groups:
+                group["lr"] = cosine_lr(lr, t, leader_steps)
+            gopt.zero_grad(set_to_none=True)
+            ctx.threat.project(net(x0, y_p), x0).backward(-gx)
+            gopt.step()
+            with torch.no_grad():
+                x = ctx.threat.project(net(x0, y_p), x0)
+        step_times.append(time.perf_counter() - t0)
+    with torch.no_grad():  # score the last leader step too
+        z_last = ctx.encode(x)
+        head = follower_update(head, prob, z_last, y_p, follower, follower_steps)
+        last_loss, _ = val_loss_and_grad(head, prob.z_val, prob.y_val, prob.leader_loss)
+    if last_loss > best_loss:
+        best_loss, best_x = last_loss, x.detach().clone()
+    total = time.perf_counter() - t_all
+    loop = sum(step_times)
+    info = {
+        "val_loss": best_loss,
+        "val_loss_init": history[0],
+        "follower": follower,
+        "hessian_used": "exact" if stats.get("exact_hessian") else "cg",
+        "leader": leader,
+        "n_val": int(val_idx.numel()),
+    }
+    return PoisonSet(
+        y=y_p.cpu(),
+        x=best_x.detach().cpu(),
+        base_idx=idx,
+        info=info,
+        stage_seconds={
+            "total": total,
+            "per_leader_step": loop / len(step_times),
+            "solve": stats.get("solve_seconds", 0.0),
+            "solve_share": stats.get("solve_seconds", 0.0) / max(loop, 1e-12),
+            "follower": stats.get("follower_seconds", 0.0),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# leader = features (no network in the loop)
+# ---------------------------------------------------------------------------------------------
+
+
+def feature_bounds(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-coordinate clean range: a feasible set ``f`` can plausibly reach (≥ 0 after ReLU)."""
+    return z.min(dim=0).values, z.max(dim=0).values
+
+
+@register_attack("tgda-feature", regimes=("feature",))
+def tgda_feature(
+    ctx: AttackContext,
+    leader_steps: int = 20,
+    lr: float = 0.05,
+    follower: str = "exact",
+    follower_steps: int = 20,
+    follower_tol: float = 1e-5,
+    hessian: str = "auto",
+    cg_iters: int = 16,
+    labels: str = "confusable",
+    val_fraction: float = 1.0,
+    follower_data: str = "all",
+    leader_loss: str = "ce",
+    invert: str = "none",
+    match_steps: int = 30,
+) -> PoisonSet:
+    """TGDA with the poisoned *features* as leader, clipped to the clean per-coordinate range.
+
+    Cheap (no network in the loop): the feature-space upper bound of TGDA. ``lr`` is relative
+    to each coordinate's clean range (Adam, cosine decay). ``invert="feature-match"`` turns the
+    features into images with ``attacks/inversion.py`` when that module is available.
+    """
+    _check_common(follower, leader_steps, follower_steps)
+    if invert not in ("none", "feature-match"):
+        raise ConfigError(
+            f"tgda-feature invert={invert!r} is unknown; use 'none' or 'feature-match'"
+        )
+    t_all = time.perf_counter()
+    prob, val_idx = follower_problem(
+        ctx,
+        val_fraction,
+        follower_data,
+        hessian,
+        cg_iters,
+        leader_loss,
+        follower_tol,
+        "tgda-feature",
+    )
+    idx, _, y_p = init_poisons(ctx, "tgda-feature", labels)
+    lo, hi = feature_bounds(ctx.z_train)
+    scale = (hi - lo).clamp_min(1e-12)
+    zp = ctx.z_train[idx.to(ctx.z_train.device)].clone()
+    head = ctx.clean_head.to(ctx.z_train.device, torch.float64)
+    stats: dict[str, float] = {}
+    m, v2 = torch.zeros_like(zp), torch.zeros_like(zp)
+    best_z, best_loss, first = zp.clone(), -math.inf, None
+    step_times: list[float] = []
+    for t in ctx.iterate(leader_steps, "tgda-feature"):
+        t0 = time.perf_counter()
+        head = follower_update(head, prob, zp, y_p, follower, follower_steps)
+        stats["follower_seconds"] = stats.get("follower_seconds", 0.0) + time.perf_counter() - t0
+        zz = zp.detach().requires_grad_(True)
+        s = total_gradient_surrogate(head, prob, zz, y_p, stats)
+        (g,) = torch.autograd.grad(s, zz)
+        first = stats["val_loss"] if first is None else first
+        if stats["val_loss"] > best_loss:
+            best_loss, best_z = stats["val_loss"], zp.clone()
+        m = 0.9 * m + 0.1 * g  # Adam ascent, step relative to each coordinate's range
+        v2 = 0.999 * v2 + 0.001 * g * g
+        upd = (m / (1 - 0.9 ** (t + 1))) / ((v2 / (1 - 0.999 ** (t + 1))).sqrt() + 1e-20)
+        zp = torch.max(torch.min(zp + cosine_lr(lr, t, leader_steps) * scale * upd, hi), lo)
+        step_times.append(time.perf_counter() - t0)
+    head = follower_update(head, prob, zp, y_p, follower, follower_steps)
+    last_loss, _ = val_loss_and_grad(head, prob.z_val, prob.y_val, prob.leader_loss)
+    if last_loss > best_loss:
+        best_loss, best_z = last_loss, zp.clone()
+    info = {
+        "val_loss": best_loss,
+        "val_loss_init": first,
+        "follower": follower,
+        "hessian_used": "exact" if stats.get("exact_hessian") else "cg",
+        "n_val": int(val_idx.numel()),
+    }
+    loop = sum(step_times)
+    seconds = {
+        "optimise": time.perf_counter() - t_all,
+        "per_leader_step": loop / max(len(step_times), 1),
+        "solve": stats.get("solve_seconds", 0.0),
+        "solve_share": stats.get("solve_seconds", 0.0) / max(loop, 1e-12),
+        "follower": stats.get("follower_seconds", 0.0),
+    }
+    x = None
+    if invert == "feature-match":
+        t0 = time.perf_counter()
+        x, info["inversion_rel_error"] = _invert(ctx, best_z, idx, match_steps)
+        seconds["inversion"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - t_all
+    return PoisonSet(
+        y=y_p.cpu(),
+        x=x,
+        z=None if x is not None else best_z.float(),
+        base_idx=idx,
+        info=info,
+        stage_seconds=seconds,
+    )
+
+
+def _invert(
+    ctx: AttackContext, z_target: torch.Tensor, idx: torch.Tensor, steps: int
+) -> tuple[torch.Tensor, float]:
+    """Feature matching from the clean start images (``attacks/inversion.py``), in the box."""
+    try:
+        from .inversion import feature_match
+    except ImportError:
+        raise ConfigError(
+            "tgda-feature invert='feature-match' needs attacks/inversion.py; use invert='none'"
+        ) from None
+    start = ctx.train.x[idx].to(ctx.device)
+    res = feature_match(
+        ctx.extractor,
+        z_target.float(),
+        start,
+        ctx.threat.domain,
+        linf=ctx.threat.linf,
+        steps=steps,
+        batch_size=ctx.batch_size,
+    )
+    return res.x.detach().cpu(), float(res.rel_error)

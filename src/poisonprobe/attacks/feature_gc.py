@@ -1,0 +1,164 @@
+"""FT stage 2: gradient canceling in feature space — the poisoned features ζ are free variables.
+
+Minimises ``gc_loss(ŵ, ζ, ỹ) = ‖R_c + Σ_j g(ζ_j, ỹ_j) + wd·n_p·[Ŵ, 0]‖² / ‖R_c‖²`` (shared with
+input-space GC). No network is in the loop: the per-point head gradients are closed form
+(``victim.gradient_sums``), and autograd runs once per step w.r.t. ζ (no double backprop, no
+training loop to differentiate). Adam (default) or normalised GD, both with cosine-decayed lr.
+
+Two constraint sets: ``box=None`` (unconstrained ζ — the upper bound of any feature-space
+attack) and a ``FeatureBox`` (features the extractor can produce: the clean per-dimension
+range, hence ≥ 0 for ReLU features; optionally a norm cap), projected after every step.
+
+Labels: ``"init"`` keeps the labels of the points ζ started from; ``"optimal"`` re-assigns them
+by exact coordinate descent on the objective (``relabel``), at the start and periodically.
+Changing point j's label from y to y' moves its gradient by ((e_y − e_y') ζ_jᵀ, e_y − e_y')
+(p_j does not depend on the label). With R'' the residual minus point j's label term −e_y[ζ_j, 1],
+‖R'' − e_y[ζ_j, 1]‖² = ‖R''‖² − 2(R''_W ζ_j + R''_b)_y + ‖ζ_j‖² + 1, so the best label is
+``argmax_y (R''_W ζ_j + R''_b)_y``; each update never increases ‖R‖².
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+from ..victim import LinearHead
+from .gc_objective import CleanGradient, gc_loss, gc_residual
+from .poisonability import FeatureBox
+
+OPTIMIZERS = ("adam", "gd")
+LABEL_MODES = ("init", "optimal")
+
+
+@dataclass
+class FeatureGCResult:
+    """Stage-2 output: poisoned features, their labels, and the relative objective."""
+
+    z: torch.Tensor  # (n_p, d), dtype of the clean features
+    y: torch.Tensor  # (n_p,) int64
+    objective: float  # final ‖R‖² / ‖R_c‖² (the best iterate)
+    init_objective: float
+    steps_run: int
+
+
+def project_features(
+    z: torch.Tensor, box: FeatureBox | None, norm_cap: float | None = None
+) -> torch.Tensor:
+    """Into the box, then under the norm cap, then into the box again (a cheap approximation
+    of the projection onto their intersection; exact when no cap is set)."""
+    if box is not None:
+        z = box.project(z)
+    if norm_cap is not None:
+        norms = z.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        z = z * (norm_cap / norms).clamp_max(1.0)
+        if box is not None:
+            z = box.project(z)
+    return z
+
+
+def relabel(
+    head: LinearHead,
+    clean: CleanGradient,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    weight_decay: float,
+) -> torch.Tensor:
+    """One sequential pass of exact coordinate descent over the poisons' labels."""
+    z = z.detach().to(head.weight.dtype)
+    y = y.clone().to(z.device)
+    with torch.no_grad():
+        rw, rb = gc_residual(head, clean, z, y, weight_decay)
+        rw, rb = rw.clone(), rb.clone()
+        ones = torch.ones(1, dtype=z.dtype, device=z.device)
+        for j in range(z.shape[0]):  # tensor indices only: no host sync per point on GPU
+            zj, old = z[j : j + 1], y[j : j + 1]
+            rw.index_add_(0, old, zj)  # drop point j's label term −e_old [ζ_j, 1]...
+            rb.index_add_(0, old, ones)  # ...(its p part stays)
+            new = (rw @ zj[0] + rb).argmax().reshape(1)  # ‖R'' − e_y[ζ_j, 1]‖² is least here
+            rw.index_add_(0, new, -zj)
+            rb.index_add_(0, new, -ones)
+            y[j : j + 1] = new
+    return y
+
+
+def feature_gc(
+    head: LinearHead,
+    clean: CleanGradient,
+    z_init: torch.Tensor,
+    y_init: torch.Tensor,
+    weight_decay: float,
+    box: FeatureBox | None = None,
+    norm_cap: float | None = None,
+    steps: int = 300,
+    lr: float = 0.1,
+    scale: float | None = None,
+    optimizer: str = "adam",
+    labels: str = "init",
+    relabel_every: int = 100,
+    tol: float = 1e-8,
+) -> FeatureGCResult:
+    """Optimise ζ (started at ``z_init``) so that ŵ = ``head`` becomes the victim's solution.
+
+    ``lr`` is relative to ``scale`` (default: the std of ``z_init``), so one value serves
+    extractors with very different feature magnitudes. Stops early once the objective < tol.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"stage-2 optimizer={optimizer!r} is unknown; use one of {OPTIMIZERS}")
+    if labels not in LABEL_MODES:
+        raise ConfigError(f"stage-2 labels={labels!r} is unknown; use one of {LABEL_MODES}")
+    if steps < 0 or not lr > 0:
+        raise ConfigError(f"stage-2 needs steps ≥ 0 and lr > 0 (got {steps}, {lr})")
+    out_dtype = z_init.dtype
+    zeta = project_features(z_init.detach().to(head.weight.dtype), box, norm_cap).clone()
+    y = y_init.to(zeta.device).long()
+    if labels == "optimal":
+        y = relabel(head, clean, zeta, y, weight_decay)
+    if scale is None:
+        scale = float(z_init.float().std()) or 1.0
+    lr_abs = lr * scale
+
+    def objective(z: torch.Tensor) -> torch.Tensor:
+        return gc_loss(head, clean, z, y, weight_decay)
+
+    with torch.no_grad():
+        init_obj = float(objective(zeta))
+    best_obj, best_z, best_y = init_obj, zeta.clone(), y.clone()
+    zeta.requires_grad_(True)
+    opt = torch.optim.Adam([zeta], lr=lr_abs) if optimizer == "adam" else None
+    ran = 0
+    for t in range(steps):
+        if best_obj < tol:
+            break
+        frac = 0.5 * (1.0 + math.cos(math.pi * t / steps))
+        if labels == "optimal" and relabel_every > 0 and t > 0 and t % relabel_every == 0:
+            y = relabel(head, clean, zeta, y, weight_decay)
+        loss = objective(zeta)
+        (grad,) = torch.autograd.grad(loss, zeta)
+        value = float(loss.detach())
+        if value < best_obj:
+            best_obj, best_z, best_y = value, zeta.detach().clone(), y.clone()
+        with torch.no_grad():
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lr_abs * frac
+                zeta.grad = grad
+                opt.step()
+            else:
+                rms = grad.pow(2).mean().sqrt().clamp_min(1e-30)
+                zeta -= lr_abs * frac * grad / rms
+            zeta.copy_(project_features(zeta, box, norm_cap))
+        ran = t + 1
+    with torch.no_grad():
+        final = float(objective(zeta))
+        if final < best_obj:
+            best_obj, best_z, best_y = final, zeta.detach().clone(), y.clone()
+    return FeatureGCResult(
+        z=best_z.to(out_dtype),
+        y=best_y,
+        objective=best_obj,
+        init_objective=init_obj,
+        steps_run=ran,
+    )
