@@ -17,14 +17,13 @@ from poisonprobe.attacks import AttackContext, ThreatModel, get_attack
 from poisonprobe.attacks.gc_input import feature_loss_and_grad, gc_objective_fn, target_head
 from poisonprobe.attacks.tgda import (
     FollowerProblem,
-    HeadCurvature,
-    conjugate_gradient,
     follower_update,
     total_gradient_surrogate,
     val_loss_and_grad,
 )
 from poisonprobe.data import load_dataset
 from poisonprobe.errors import ConfigError
+from poisonprobe.head_solver import HeadCurvature, conjugate_gradient
 from poisonprobe.victim import LinearHead, VictimConfig, train_head, victim_objective
 
 TIGHT = VictimConfig(weight_decay=1e-2, max_iter=5000, tol=1e-13)

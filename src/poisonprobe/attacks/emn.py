@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..head_solver import newton_solve
 from .base import AttackContext, PoisonSet, register_attack
 from .gc_input import feature_loss_and_grad
-from .tgda import newton_solve
 
 
 def emn_project(ctx: AttackContext, x: torch.Tensor, x0: torch.Tensor, linf: float) -> torch.Tensor:

@@ -195,6 +195,48 @@ def _ft(
     )
 
 
+FT_DEFAULTS: dict[str, Any] = {
+    name: prm.default
+    for name, prm in inspect.signature(_ft).parameters.items()
+    if name not in ("ctx", "variant")
+}
+
+
+def ft_feasible_target(
+    ctx: AttackContext,
+) -> tuple[LinearHead, torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+    """The FT attack's chosen target with its feasible poisons' labels and start images, at
+    default FT parameters (shared through ``ctx.memo`` with the FT variants): input-space GC
+    aims at the same reachable target, so the two attacks differ only in where they optimise.
+    """
+    params = {k: v for k, v in FT_DEFAULTS.items() if k in _STAGE12_KEYS}
+    params["seed_attacks"] = tuple(params["seed_attacks"])
+    pick = _stage12(ctx, params).feasible
+    info = {
+        "target_acc": pick.target.train_acc,
+        "target_source": pick.target.source,
+        "eps_needed": pick.target.eps_needed,
+    }
+    return pick.target.head, pick.result.y, pick.start_x, pick.base_idx, info
+
+
+_STAGE12_KEYS = (
+    "radii",
+    "radius",
+    "target_acc",
+    "norm",
+    "gradpc_steps",
+    "seed_attacks",
+    "max_tries",
+    "steps",
+    "lr",
+    "optimizer",
+    "labels",
+    "norm_cap",
+    "accept",
+)
+
+
 def _check(
     p: dict[str, Any],
     match_method: str,

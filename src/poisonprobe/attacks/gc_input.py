@@ -210,7 +210,8 @@ def induced_target(ctx: AttackContext) -> tuple[LinearHead, dict[str, float], Po
 
     Returns the head and the feature poisons (their labels and base points seed the images).
     """
-    from .tgda import newton_solve, tgda_feature
+    from ..head_solver import newton_solve
+    from .tgda import tgda_feature
 
     key = ("gc-input/tgda-feature-target", ctx.threat.eps, ctx.threat.regime)
     if key not in ctx.memo:
@@ -256,9 +257,13 @@ def gc_input(
     radius: float = 0.05,
     target_steps: int = 100,
     tol: float = 1e-3,
-    target: str = "gradpc",
+    target: str = "ft",
 ) -> PoisonSet:
-    """Gradient canceling on images through the frozen extractor, at a GradPC target head.
+    """Gradient canceling on images through the frozen extractor, at a target head.
+
+    ``target="ft"`` (default) aims at the FT attack's stage-1 target (reachable at the budget
+    by construction) and starts from its feasible poisons' clean images and labels;
+    ``target="gradpc"`` at a plain GradPC head of L2 radius ``radius``.
 
     ``lr`` defaults to 0.1 (adam) / 0.02 (sign) in pixel units, cosine-decayed; ``radius`` is
     the GradPC target's L2 radius relative to ||w0||; ``labels`` ``clean`` (predecessor
@@ -269,14 +274,23 @@ def gc_input(
     if steps < 1:
         raise ConfigError(f"gc-input steps={steps} must be >= 1")
     lr = lr if lr is not None else (0.1 if optimizer == "adam" else 0.02)
-    if target not in ("gradpc", "tgda-feature"):
-        raise ConfigError(f"gc-input target={target!r} is unknown; use 'gradpc' or 'tgda-feature'")
+    if target not in ("ft", "gradpc", "tgda-feature"):
+        raise ConfigError(
+            f"gc-input target={target!r} is unknown; use 'ft', 'gradpc' or 'tgda-feature'"
+        )
     t_all = time.perf_counter()
     if target == "gradpc":
         head, meta = target_head(ctx, radius=radius, steps=target_steps)
         t_target = time.perf_counter() - t_all
         t0 = time.perf_counter()
         idx, x0, y = init_poisons(ctx, "gc-input", labels)
+    elif target == "ft":
+        from .feature_targeted import ft_feasible_target
+
+        head, y, x0, idx, meta = ft_feasible_target(ctx)
+        t_target = time.perf_counter() - t_all
+        t0 = time.perf_counter()
+        y, x0 = y.to(ctx.device), x0.clone().to(ctx.device)
     else:
         head, meta, seed = induced_target(ctx)
         t_target = time.perf_counter() - t_all

@@ -30,177 +30,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..head_solver import HeadCurvature, newton_solve
 from ..victim import LinearHead, VictimConfig, gradient_sums
 from .base import AttackContext, PoisonSet, register_attack
 from .gc_input import PixelOptimizer, cosine_lr, feature_loss_and_grad, init_poisons
 
 HESSIAN_MODES = ("auto", "exact", "cg")
 FOLLOWER_MODES = ("exact", "steps")
-
-# ---------------------------------------------------------------------------------------------
-# follower curvature: Hessian-vector products, explicit Hessian, solves
-# ---------------------------------------------------------------------------------------------
-
-
-class HeadCurvature:
-    """Curvature of the victim objective ``F`` at a head, on features ``z`` (labels not needed:
-    the CE Hessian depends on the softmax only).
-
-    Parameters are ordered like ``LinearHead.flat()``: ``[vec(W) row-major, b]``.
-    """
-
-    def __init__(
-        self,
-        head: LinearHead,
-        z: torch.Tensor,
-        weight_decay: float,
-        feature_eig: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> None:
-        self.z = z.detach().to(head.weight.device, torch.float64)
-        self.head = head
-        self.k, self.d = head.weight.shape
-        self.n = int(self.z.shape[0])
-        self.wd = weight_decay
-        self.p = torch.softmax(head.logits(self.z), dim=1)
-        # the null direction of H: shifting every bias by the same amount changes nothing
-        self.null = torch.zeros(self.k * self.d + self.k, dtype=torch.float64, device=self.z.device)
-        self.null[self.k * self.d :] = 1.0 / math.sqrt(self.k)
-        self._kfac: tuple[torch.Tensor, ...] | None = None
-        self._feature_eig = feature_eig
-
-    @property
-    def n_params(self) -> int:
-        return self.k * self.d + self.k
-
-    def hvp(self, u: torch.Tensor) -> torch.Tensor:
-        """``H u`` in O(nkd): logits direction s = U z + c, then (diag p − p pᵀ) s per point."""
-        kd = self.k * self.d
-        uw, ub = u[:kd].reshape(self.k, self.d), u[kd:]
-        s = self.z @ uw.T + ub
-        a = self.p * s - self.p * (self.p * s).sum(dim=1, keepdim=True)
-        hw = a.T @ self.z / self.n + self.wd * uw
-        return torch.cat([hw.reshape(-1), a.sum(dim=0) / self.n])
-
-    def matrix(self) -> torch.Tensor:
-        """The explicit Hessian (kd+k)², built class-row by class-row (memory O(n·k·d))."""
-        k, d, n = self.k, self.d, self.n
-        zt = torch.cat([self.z, torch.ones(n, 1, dtype=self.z.dtype, device=self.z.device)], 1)
-        full = torch.empty(k, d + 1, k, d + 1, dtype=self.z.dtype, device=self.z.device)
-        for a in range(k):
-            coef = -self.p[:, a : a + 1] * self.p  # (n, k): A_i[a, b] = p_a (δ_ab − p_b)
-            coef[:, a] += self.p[:, a]
-            block = zt.T @ (coef[:, :, None] * zt[:, None, :]).reshape(n, k * (d + 1))
-            full[a] = block.reshape(d + 1, k, d + 1) / n
-        idx_w = (torch.arange(k)[:, None] * (d + 1) + torch.arange(d)[None, :]).reshape(-1)
-        perm = torch.cat([idx_w, torch.arange(k) * (d + 1) + d]).to(self.z.device)
-        h = full.reshape(k * (d + 1), k * (d + 1))[perm][:, perm]
-        h[range(k * d), range(k * d)] += self.wd
-        return h
-
-    def solve_exact(self, g: torch.Tensor) -> torch.Tensor:
-        """``H⁻¹ g`` on the complement of the null direction: Cholesky of ``H + σ·u uᵀ``.
-
-        For ``g ⟂ u`` the solution of the shifted system is ``⟂ u`` and solves ``H v = g``.
-        """
-        h = self.matrix()
-        sigma = float(torch.diagonal(h).mean())
-        h = h + sigma * torch.outer(self.null, self.null)
-        g = g - (g @ self.null) * self.null
-        chol, info = torch.linalg.cholesky_ex(h)
-        if int(info) != 0:  # numerically indefinite: tiny ridge, still far below wd
-            eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-            chol = torch.linalg.cholesky(h + 1e-10 * sigma * eye)
-        return torch.cholesky_solve(g[:, None], chol)[:, 0]
-
-    def precondition(self, u: torch.Tensor) -> torch.Tensor:
-        """Apply ``(Ā ⊗ C + wd·I)⁻¹``: a Kronecker-factored approximation of ``H⁻¹``.
-
-        ``Ā`` = mean softmax curvature (k×k), ``C = Z̃ᵀZ̃/n`` ((d+1)², bias as a constant
-        feature). Both are eigendecomposed once per follower point, so applying it costs
-        O(k²d + kd²). SSL features make ``H`` badly conditioned (κ ~ 1e4 at wd = 1e-3) and
-        plain CG then needs hundreds of iterations; with this, a few dozen.
-        """
-        if self._kfac is None:
-            abar = torch.diag(self.p.mean(0)) - self.p.T @ self.p / self.n
-            la, qa = torch.linalg.eigh(abar)
-            if self._feature_eig is None:
-                self._feature_eig = feature_eig(self.z)
-            lc, qc = self._feature_eig
-            inv = 1.0 / (la.clamp_min(0)[:, None] * lc.clamp_min(0)[None, :] + self.wd)
-            self._kfac = (qa, qc, inv)
-        qa, qc, inv = self._kfac
-        k, d = self.k, self.d
-        full = torch.cat([u[: k * d].reshape(k, d), u[k * d :, None]], 1)
-        out = qa @ ((qa.T @ full @ qc) * inv) @ qc.T
-        return torch.cat([out[:, :d].reshape(-1), out[:, d]])
-
-    def solve_cg(
-        self, g: torch.Tensor, iters: int = 16, tol: float = 1e-10, precondition: bool = True
-    ) -> torch.Tensor:
-        """``H⁻¹ g`` by (preconditioned) conjugate gradient on Hessian-vector products."""
-        g = g - (g @ self.null) * self.null
-        pre = self._project_precondition if precondition else None
-        return conjugate_gradient(self.hvp, g, iters, tol, pre)
-
-    def _project_precondition(self, u: torch.Tensor) -> torch.Tensor:
-        v = self.precondition(u)
-        return v - (v @ self.null) * self.null  # keep CG iterates off the flat direction
-
-    def auto_exact(self) -> bool:
-        """Explicit Hessian when it is cheap: ~2nk²(d+1)² flops + (kd+k)³/3 Cholesky.
-
-        CPU: up to ~1 GFLOP (e.g. k=10, d≤128 on digits-sized data); GPU: up to ~4 TFLOP
-        and 2 GiB of Hessian (e.g. k=10, d=512 on CIFAR). Otherwise CG.
-        """
-        p = self.n_params
-        flops = 2.0 * self.n * self.k**2 * (self.d + 1) ** 2 + p**3 / 3
-        if self.z.device.type == "cuda":
-            return flops <= 4e12 and p * p * 8 <= 2 * 2**30
-        return flops <= 1e9
-
-
-def feature_eig(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigen-decomposition of ``Z̃ᵀZ̃/n`` (bias as a constant feature): the head-independent
-    factor of the preconditioner, shared by every Newton step of one follower solve."""
-    zt = torch.cat([z, torch.ones_like(z[:, :1])], 1)
-    return torch.linalg.eigh(zt.T @ zt / z.shape[0])
-
-
-def conjugate_gradient(
-    matvec: Callable[[torch.Tensor], torch.Tensor],
-    b: torch.Tensor,
-    iters: int,
-    tol: float = 1e-10,
-    precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """(Preconditioned) CG for a symmetric positive (semi-)definite operator, x₀ = 0; stops
-    when the residual is below ``tol·||b||``."""
-    x = torch.zeros_like(b)
-    r = b.clone()
-    zr = precondition(r) if precondition is not None else r
-    p = zr.clone()
-    rz = r @ zr
-    stop = (tol * b.norm()) ** 2
-    for _ in range(iters):
-        if r @ r <= stop:
-            break
-        hp = matvec(p)
-        alpha = rz / (p @ hp).clamp_min(1e-300)
-        x = x + alpha * p
-        r = r - alpha * hp
-        zr = precondition(r) if precondition is not None else r
-        rz_new = r @ zr
-        p = zr + (rz_new / rz.clamp_min(1e-300)) * p
-        rz = rz_new
-    return x
-
 
 # ---------------------------------------------------------------------------------------------
 # total gradient in feature space (shared by images, generator and features)
@@ -299,62 +141,6 @@ def follower_lipschitz(z: torch.Tensor, weight_decay: float) -> float:
     zt = torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)], 1)
     lam = torch.linalg.eigvalsh(zt.T @ zt / z.shape[0])[-1]
     return 0.5 * float(lam) + weight_decay
-
-
-def _objective(
-    theta: torch.Tensor, z: torch.Tensor, yoh: torch.Tensor, wd: float, k: int, grad: bool = True
-) -> tuple[float, torch.Tensor | None]:
-    """The victim objective F and its flat gradient (closed form, float64)."""
-    d = z.shape[1]
-    w, b = theta[: k * d].reshape(k, d), theta[k * d :]
-    logp = torch.log_softmax(z @ w.T + b, dim=1)
-    n = z.shape[0]
-    loss = float(-(yoh * logp).sum() / n + 0.5 * wd * (w**2).sum())
-    if not grad:
-        return loss, None
-    resid = (logp.exp() - yoh) / n
-    return loss, torch.cat([(resid.T @ z + wd * w).reshape(-1), resid.sum(0)])
-
-
-def newton_solve(
-    head: LinearHead,
-    z: torch.Tensor,
-    y: torch.Tensor,
-    wd: float,
-    tol: float = 1e-9,
-    max_steps: int = 30,
-    cg_iters: int = 100,
-) -> LinearHead:
-    """Minimise F exactly: warm-started Newton with preconditioned-CG steps + backtracking.
-
-    ``victim.train_head``'s L-BFGS stalls near ``||∇F|| ~ 1e-6`` on SSL features (κ ~ 1e4)
-    after hundreds of iterations; Newton reaches ``tol`` in a handful of steps, which the
-    implicit-function hypergradient needs (it assumes ``∇F = 0``).
-    """
-    k, d = head.weight.shape
-    zd = z.detach().to(head.weight.device, torch.float64)
-    yoh = torch.nn.functional.one_hot(y.long(), k).to(zd)
-    theta = head.flat().detach().clone()
-    loss, g = _objective(theta, zd, yoh, wd, k)
-    eig = None
-    for _ in range(max_steps):
-        gnorm = float(g.norm())
-        if gnorm <= tol:
-            break
-        eig = feature_eig(zd) if eig is None else eig
-        curv = HeadCurvature(LinearHead.from_flat(theta, k, d), zd, wd, eig)
-        step = curv.solve_cg(g, iters=cg_iters, tol=min(0.5, math.sqrt(gnorm)))
-        slope = float(g @ step)
-        t = 1.0
-        while t > 1e-10:
-            trial = theta - t * step
-            new_loss, _ = _objective(trial, zd, yoh, wd, k, grad=False)
-            if new_loss <= loss - 1e-4 * t * slope:
-                break
-            t *= 0.5
-        theta = theta - t * step
-        loss, g = _objective(theta, zd, yoh, wd, k)
-    return LinearHead.from_flat(theta, k, d)
 
 
 def follower_update(

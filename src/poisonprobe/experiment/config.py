@@ -13,7 +13,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ConfigError, check_eps
 
-DEFAULT_ATTACKS: list[str] = ["label-flip", "random-noise"]
+DEFAULT_ATTACKS: list[str] = [
+    "label-flip",
+    "random-noise",
+    "gc-input",
+    "tgda",
+    "tgda-feature",
+    "emn",
+    "ft-ideal",
+    "ft-feasible",
+    "ft-decoder",
+    "ft-match",
+]
 """The default run's attacks (every registered attack joins as it lands)."""
 
 
@@ -69,7 +80,8 @@ class ExtractorConfig(Strict):
 class VictimSettings(Strict):
     solver: Literal["lbfgs", "sgd"] = "lbfgs"
     weight_decay: float = Field(1e-3, gt=0)
-    max_iter: int = Field(500, ge=1)
+    max_iter: int = Field(100, ge=1)
+    tol: float = Field(1e-9, gt=0)
     sgd_epochs: int = Field(100, ge=1)
     sgd_lr: float = Field(4.0, gt=0)
 

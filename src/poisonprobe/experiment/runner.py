@@ -45,6 +45,7 @@ def victim_config(cfg: Config) -> VictimConfig:
         solver=v.solver,
         weight_decay=v.weight_decay,
         max_iter=v.max_iter,
+        tol=v.tol,
         sgd_epochs=v.sgd_epochs,
         sgd_lr=v.sgd_lr,
     )
