@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..victim import VictimConfig, train_head
+from ..victim import LinearHead, VictimConfig, train_head
 from .base import AttackContext, PoisonSet, _stable_hash, get_attack, register_attack
 from .feature_gc import LABEL_MODES, OPTIMIZERS, FeatureGCResult, feature_gc, relabel
 from .gc_objective import clean_gradient, gc_loss
