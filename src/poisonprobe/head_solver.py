@@ -227,5 +227,3 @@ def newton_solve(
         theta = theta - t * step
         loss, g = _objective(theta, zd, yoh, wd, k)
     return LinearHead.from_flat(theta, k, d)
-
-
