@@ -294,7 +294,7 @@ def test_tgda_feature_inversion_gives_box_images(tiny):
 
 def test_gc_input_decreases_gc_objective(tiny):
     ctx = _ctx(tiny, eps=0.2, regime="box")
-    ps = get_attack("gc-input").fn(ctx, steps=8, labels="confusable")
+    ps = get_attack("gc-input").fn(ctx, steps=8, labels="confusable", target="gradpc")
     target, _ = target_head(ctx)
     fn = gc_objective_fn(target, ctx.z_train, ctx.train.y, ps.y, ctx.victim)
     before = float(fn(ctx.z_train[ps.base_idx]))

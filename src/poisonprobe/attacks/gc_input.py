@@ -274,6 +274,8 @@ def gc_input(
     if steps < 1:
         raise ConfigError(f"gc-input steps={steps} must be >= 1")
     lr = lr if lr is not None else (0.1 if optimizer == "adam" else 0.02)
+    if labels not in ("clean", "confusable", "random"):
+        raise ConfigError(f"labels={labels!r} is unknown; use 'clean', 'confusable' or 'random'")
     if target not in ("ft", "gradpc", "tgda-feature"):
         raise ConfigError(
             f"gc-input target={target!r} is unknown; use 'ft', 'gradpc' or 'tgda-feature'"
