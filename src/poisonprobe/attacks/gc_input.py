@@ -55,6 +55,15 @@ def feature_loss_and_grad(
     return float(loss.detach()), gx, z
 
 
+LABEL_MODES = ("clean", "confusable", "random")
+
+
+def check_labels(labels: str) -> None:
+    """Refuse an unknown poison-label mode before any work is done."""
+    if labels not in LABEL_MODES:
+        raise ConfigError(f"labels={labels!r} is unknown; use 'clean', 'confusable' or 'random'")
+
+
 def init_poisons(
     ctx: AttackContext, salt: str, labels: str = "clean", n: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -63,8 +72,7 @@ def init_poisons(
     ``labels``: ``clean`` keeps the true labels (predecessor default for GC), ``confusable``
     uses the clean head's highest-scoring wrong class, ``random`` a uniformly wrong class.
     """
-    if labels not in ("clean", "confusable", "random"):
-        raise ConfigError(f"labels={labels!r} is unknown; use 'clean', 'confusable' or 'random'")
+    check_labels(labels)
     n = ctx.n_poison if n is None else n
     gen = ctx.generator(salt)
     if n <= ctx.n_clean:
@@ -274,8 +282,7 @@ def gc_input(
     if steps < 1:
         raise ConfigError(f"gc-input steps={steps} must be >= 1")
     lr = lr if lr is not None else (0.1 if optimizer == "adam" else 0.02)
-    if labels not in ("clean", "confusable", "random"):
-        raise ConfigError(f"labels={labels!r} is unknown; use 'clean', 'confusable' or 'random'")
+    check_labels(labels)
     if target not in ("ft", "gradpc", "tgda-feature"):
         raise ConfigError(
             f"gc-input target={target!r} is unknown; use 'ft', 'gradpc' or 'tgda-feature'"

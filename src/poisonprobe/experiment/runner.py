@@ -20,7 +20,7 @@ import torch
 
 from ..attacks import AttackContext, PoisonSet, ThreatModel, get_attack
 from ..data import DatasetSplits, load_dataset
-from ..defenses import DefenseInput, apply_defense, parse_defense
+from ..defenses import DefenseInput, DefenseSpec, apply_defense, parse_defense
 from ..errors import DataError, PoisonProbeError
 from ..extractors import Extractor
 from ..progress import Reporter
@@ -40,15 +40,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def victim_config(cfg: Config) -> VictimConfig:
-    v = cfg.victim
-    return VictimConfig(
-        solver=v.solver,
-        weight_decay=v.weight_decay,
-        max_iter=v.max_iter,
-        tol=v.tol,
-        sgd_epochs=v.sgd_epochs,
-        sgd_lr=v.sgd_lr,
-    )
+    """The victim recipe from the config's ``victim`` section (same field names)."""
+    return VictimConfig(**cfg.victim.model_dump())
 
 
 @dataclass
@@ -164,13 +157,10 @@ class TrainingSet:
 def encode_poisons(prep: Prepared, poison: PoisonSet, batch_size: int) -> torch.Tensor:
     if poison.z is not None:
         return poison.z.detach().to(prep.z_train.device, torch.float32)
-    x = poison.x
-    prep.target.domain.check(x, "poison images")
-    outs = []
-    with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
-            outs.append(prep.extractor(x[start : start + batch_size].to(prep.z_train.device)))
-    return torch.cat(outs).float()
+    from ..extractors.cache import encode_batched
+
+    prep.target.domain.check(poison.x, "poison images")
+    return encode_batched(prep.extractor, poison.x, batch_size).to(prep.z_train.device)
 
 
 def build_training_set(prep: Prepared, poison: PoisonSet | None, batch_size: int) -> TrainingSet:
@@ -201,10 +191,9 @@ def build_training_set(prep: Prepared, poison: PoisonSet | None, batch_size: int
 
 
 def evaluate(
-    prep: Prepared, ts: TrainingSet, defense_spec: Any, eps: float, vcfg: VictimConfig, seed: int
+    prep: Prepared, ts: TrainingSet, spec: DefenseSpec, eps: float, vcfg: VictimConfig, seed: int
 ) -> dict[str, Any]:
     """Defend (without seeing poison flags), retrain the victim, measure test accuracy."""
-    spec = parse_defense(defense_spec)
     inp = DefenseInput(ts.z, ts.y, ts.in_box, prep.target.train.n_classes, vcfg, seed)
     keep = apply_defense(spec, inp, default_fraction=eps).to(ts.z.device)
     head = train_head(
