@@ -9,6 +9,7 @@ normalisation is measured on the training split.
     80/20 per class (fixed, whatever the run seed). ``train``/``test`` cap each split to a
     stratified, deterministic subset. Decoded images are cached as uint8 arrays under
     ``ROOT/cache/imagefolder`` keyed by path, caps and every file's size and mtime.
+    PATH may also be a ``.tar``/``.tar.gz`` of either layout, extracted once into the cache.
 ``npz:PATH``
     keys ``x_train, y_train, x_test, y_test`` (uint8 0..255 or float in [0, 1]; NHWC, NCHW or
     NHW), optional ``classes``, ``mean``, ``std``.
@@ -375,9 +376,16 @@ def load_image_folder(
     path: Path, root: Path, train_cap: int | None = None, test_cap: int | None = None
 ) -> DatasetSplits:
     """Load an image folder (see module docstring), using the decoded-array cache."""
+    from .archive import extract_archive, is_archive
+
     folder = path.expanduser()
+    if is_archive(folder):
+        folder = extract_archive(folder, root)
     if not folder.is_dir():
-        raise DataError(f"imagefolder path {folder} is not a directory; give PATH/<class>/*.png")
+        raise DataError(
+            f"imagefolder path {folder} is not a directory or tar archive; "
+            "give PATH/<class>/*.png or a .tar.gz of that layout"
+        )
     folder = folder.resolve()
     classes, tr_files, tr_y, te_files, te_y = _list_folder(folder)
     if train_cap is not None:
