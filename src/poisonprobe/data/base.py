@@ -98,7 +98,15 @@ def default_data_root() -> Path:
 def load_dataset(
     spec: str, root: str | Path | None = None, seed: int = 0, download: bool = True
 ) -> DatasetSplits:
-    """Load a dataset by spec: ``digits``, ``cifar10``, ``imagefolder:PATH``, ``npz:PATH``."""
+    """Load a dataset by spec: ``digits``, ``cifar10``, ``imagefolder:PATH``, ``npz:PATH``.
+
+    A trailing ``@CxHxW`` renders the dataset at that image shape (see ``reshape.py``).
+    """
+    from .reshape import reshape_splits, split_shape_suffix
+
+    spec, shape = split_shape_suffix(spec)
+    if shape is not None:
+        return reshape_splits(load_dataset(spec, root, seed, download), shape)
     name, _, arg = spec.partition(":")
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY))
