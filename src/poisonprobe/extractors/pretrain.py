@@ -62,6 +62,8 @@ class PretrainConfig:
     proj_dim: int = 128
     ema_momentum: float = 0.99  # MoCo / BYOL, cosine-ramped to 1
     memory_bank: int = 1024  # MoCo negatives
+    # "bf16": autocast on CUDA (the SSL loss is tolerant; attacks always run in float32)
+    precision: str = "fp32"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig overrides
 
@@ -72,6 +74,8 @@ class PretrainConfig:
             )
         if self.epochs < 0 or self.batch_size < 2:
             raise ConfigError("pre-training needs epochs >= 0 and batch_size >= 2")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"unknown precision {self.precision!r}; use fp32 or bf16")
 
     @property
     def learning_rate(self) -> float:
@@ -213,6 +217,7 @@ def _pretrain(
     total = cfg.epochs * n_batches
     warmup = min(cfg.warmup_epochs * n_batches, total // 2)
     step = 0
+    amp = cfg.precision == "bf16" and device.type == "cuda"
     model.train()
     t0 = time.perf_counter()
     desc = f"pre-train {arch} ({cfg.method}, {train.name})"
@@ -223,7 +228,8 @@ def _pretrain(
             v0, v1 = augment(xb, aug_gen), augment(xb, aug_gen)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, warmup, cfg.learning_rate)
-            loss = model.loss(v0, v1)
+            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+                loss = model.loss(v0, v1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -284,15 +290,19 @@ def get_or_pretrain(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
     cache_dir: str | Path | None = None,
+    amp: bool = False,
     **hparams: Any,
 ) -> tuple[Extractor, Path | None, bool]:
     """Load a cached pre-trained extractor, or pre-train and cache it.
 
     Returns ``(extractor, checkpoint_path, hit)``. ``checkpoint_path`` is None only when
-    the cache directory is not writable (the run goes on, uncached).
+    the cache directory is not writable (the run goes on, uncached). ``amp`` trains in bf16
+    autocast when the device is CUDA (a different recipe, so a different cache key).
     """
     from .checkpoints import load_extractor, save_extractor
 
+    if amp and torch.device(device).type == "cuda":
+        hparams = {**hparams, "precision": "bf16"}
     cfg = PretrainConfig(
         method=method, epochs=epochs, batch_size=batch_size, lr=lr, **_check_hparams(hparams)
     )
