@@ -86,3 +86,55 @@ def test_round_trip_yaml():
     cfg = Config()
     again = parse_config(yaml.safe_load(cfg.to_yaml()))
     assert again == cfg
+
+
+def test_attack_grid_expands_in_declared_order():
+    cfg = parse_config(
+        {
+            "attacks": [
+                "label-flip",
+                {
+                    "name": "gc-input",
+                    "optimizer": "adam",
+                    "grid": {"steps": [5, 9], "radius": [0.1, 0.2]},
+                },
+                {"name": "label-flip", "label": "lf", "grid": {"mode": ["random"]}},
+            ]
+        }
+    )
+    assert [a.column for a in cfg.attacks] == [
+        "label-flip",
+        "gc-input[steps=5,radius=0.1]",
+        "gc-input[steps=5,radius=0.2]",
+        "gc-input[steps=9,radius=0.1]",
+        "gc-input[steps=9,radius=0.2]",
+        "lf[mode=random]",
+    ]
+    assert cfg.attacks[3].params == {"optimizer": "adam", "steps": 9, "radius": 0.1}
+    assert cfg.attacks[5].params == {"mode": "random"}
+    assert parse_config(yaml.safe_load(cfg.to_yaml())) == cfg  # the expanded form round-trips
+
+
+@pytest.mark.parametrize(
+    ("grid", "needle"),
+    [
+        ({"steps": 5}, "non-empty list"),
+        ({"steps": []}, "non-empty list"),
+        ([5, 9], "grid must map"),
+        ({}, "grid must map"),
+        ({"bogus": [1, 2]}, "no parameter 'bogus'"),
+        ({"optimizer": ["sgd"]}, "both fixed and in the grid"),
+        ({"steps": [5, 5]}, "share a label"),
+    ],
+)
+def test_bad_attack_grid_is_one_line(grid, needle):
+    entry = {"name": "gc-input", "optimizer": "adam", "grid": grid}
+    with pytest.raises(ConfigError) as info:
+        parse_config({"attacks": [entry]})
+    assert "\n" not in str(info.value) and needle in str(info.value)
+
+
+def test_sweep_config_is_the_default_over_three_seeds():
+    sweep = load_config(REPO / "configs" / "sweep.yaml")
+    assert sweep.seeds == [0, 1, 2]
+    assert sweep.model_copy(update={"seeds": [0]}) == Config()

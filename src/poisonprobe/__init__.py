@@ -3,11 +3,15 @@
 __version__ = "0.1.0"
 
 
-def run(config=None, out=None, quiet: bool = False):
-    """Run an experiment (YAML path, dict or Config; None = the default) → results DataFrame."""
+def run(config=None, out=None, quiet: bool = False, backend: str = "local", ray_address=None):
+    """Run an experiment (YAML path, dict or Config; None = the default) → results DataFrame.
+
+    ``backend="ray"`` spreads (setting, extractor, seed) units over Ray (``ray_address``:
+    an existing cluster; default a local instance); the rows are the local backend's.
+    """
     from .experiment.runner import run as _run
 
-    return _run(config, out=out, quiet=quiet)
+    return _run(config, out=out, quiet=quiet, backend=backend, ray_address=ray_address)
 
 
 __all__ = ["__version__", "run"]

@@ -34,20 +34,28 @@ def run(
     out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="output folder"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or tables"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every stage"),
+    backend: str = typer.Option(
+        "local", "--backend", help="local | ray (one Ray task per setting/extractor/seed)"
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="an existing Ray cluster (default: start a local one)"
+    ),
 ) -> None:
     """Run an experiment; write OUT/results.csv and OUT/report.md."""
+    from rich.markup import escape
+
     from .experiment.runner import run as run_experiment
     from .report.markdown import drop_table
 
     _setup_logging(verbose)
-    df = run_experiment(config, out=out, quiet=quiet)
+    df = run_experiment(config, out=out, quiet=quiet, backend=backend, ray_address=ray_address)
     if not quiet:
         table = drop_table(df, "drop")
         rich_table = Table(title="accuracy drop (pt)")
         for col in table.columns:
             rich_table.add_column(str(col))
         for _, row in table.iterrows():
-            rich_table.add_row(*[str(v) for v in row.tolist()])
+            rich_table.add_row(*[escape(str(v)) for v in row.tolist()])  # labels like a[k=v]
         console.print(rich_table)
     console.print(f"wrote {out / 'results.csv'} ({len(df)} rows) and {out / 'report.md'}")
 

@@ -5,6 +5,7 @@ Every wrong key or value becomes a one-line ``ConfigError`` naming the key and t
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,6 +99,33 @@ class AttackSpec(Strict):
         return self.label or self.name
 
 
+def expand_grid(
+    name: str, label: str | None, params: dict[str, Any], grid: Any
+) -> list[dict[str, Any]]:
+    """One attack entry per combination of ``grid`` values (cartesian, in declared order).
+
+    Each variant is labelled ``<label or name>[p=v,q=w]`` so results keep them apart.
+    """
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError(
+            f"attack {name!r}: grid must map parameters to lists, e.g. {{steps: [10, 50]}}"
+        )
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(
+                f"attack {name!r}: grid value of {key!r} must be a non-empty list, e.g. [10, 50]"
+            )
+        if key in params:
+            raise ValueError(f"attack {name!r}: {key!r} is both fixed and in the grid; keep one")
+    keys = list(grid)
+    out = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        values = dict(zip(keys, combo, strict=True))
+        tag = ",".join(f"{k}={v}" for k, v in values.items())
+        out.append({"name": name, "label": f"{label or name}[{tag}]", "params": params | values})
+    return out
+
+
 class Config(Strict):
     settings: list[SettingConfig] = Field(
         default_factory=lambda: [
@@ -137,9 +165,13 @@ class Config(Strict):
                 if "name" not in item:
                     raise ValueError(f"attack entry {item} has no 'name'")
                 name, label = item.pop("name"), item.pop("label", None)
-                params = item.pop("params", {})
+                grid = item.pop("grid", None)
+                params = dict(item.pop("params", {}))
                 params.update(item)
-                out.append({"name": name, "label": label, "params": params})
+                if grid is None:
+                    out.append({"name": name, "label": label, "params": params})
+                else:
+                    out.extend(expand_grid(name, label, params, grid))
             else:
                 raise ValueError(f"attack entry {item!r} must be a name or a map")
         return out

@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 import torch
@@ -21,7 +21,7 @@ import torch
 from ..attacks import AttackContext, PoisonSet, ThreatModel, get_attack
 from ..data import DatasetSplits, load_dataset
 from ..defenses import DefenseInput, DefenseSpec, apply_defense, parse_defense
-from ..errors import DataError, PoisonProbeError
+from ..errors import ConfigError, DataError, PoisonProbeError
 from ..extractors import Extractor
 from ..progress import Reporter
 from ..victim import LinearHead, VictimConfig, train_head
@@ -221,20 +221,39 @@ def attack_regimes(spec: AttackSpec, cfg: Config) -> list[str]:
     return chosen or [supported[0]]
 
 
+BACKENDS = ("local", "ray")
+
+
 def run(
     config: str | Path | dict | Config | None = None,
     out: str | Path | None = None,
     quiet: bool = False,
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> pd.DataFrame:
-    """Run an experiment and return its results (also written to ``out/results.csv``)."""
+    """Run an experiment and return its results (also written to ``out/results.csv``).
+
+    ``backend="ray"`` runs each (setting, extractor, seed) as a Ray task (a local Ray
+    instance, or the cluster at ``ray_address``); the rows are the same as ``"local"``.
+    """
     cfg = load_config(config)
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r} is unknown; use one of: {', '.join(BACKENDS)}")
+    if ray_address is not None and backend != "ray":
+        raise ConfigError("--ray-address needs --backend ray; add it or drop the address")
+    if backend == "ray":
+        from .backends import import_ray
+
+        import_ray()  # fail in one line before any work when ray is missing
     reporter = Reporter(quiet=quiet)
     device = resolve_device(cfg.device)
     out_dir = Path(out) if out is not None else Path("runs") / "default"
     store = ResultsStore(out_dir / "results.csv")
     atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
     if not quiet:
-        reporter.console.print(f"[bold]poisonprobe run[/] → {out_dir}  (device {device})")
+        reporter.console.print(
+            f"[bold]poisonprobe run[/] → {out_dir}  (device {device}, backend {backend})"
+        )
         reporter.console.print(cfg.to_yaml().rstrip())
     log.info("config:\n%s", cfg.to_yaml())
     torch.manual_seed(0)
@@ -246,15 +265,30 @@ def run(
     defenses = [parse_defense(d) for d in cfg.defenses]
     cells = _count_cells(cfg, defenses)
     manifest = _manifest(cfg, out_dir)
+
+    def prepared(setting: SettingConfig, ext_cfg: ExtractorConfig) -> Prepared:
+        reporter.describe(f"{setting.name}/{ext_cfg.label}: preparing")
+        prep = prepare(setting, ext_cfg, cfg, device, reporter, feature_cache)
+        manifest["settings"].append(_setting_record(prep))
+        atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2))
+        return prep
+
     with reporter.session(total=cells, description="poisonprobe"):
-        for setting in cfg.settings:
-            for ext_cfg in cfg.extractors:
-                reporter.describe(f"{setting.name}/{ext_cfg.label}: preparing")
-                prep = prepare(setting, ext_cfg, cfg, device, reporter, feature_cache)
-                manifest["settings"].append(_setting_record(prep))
-                atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2))
-                for seed in cfg.seeds:
-                    _run_seed(prep, cfg, seed, defenses, vcfg, store, reporter, device, out_dir)
+        if backend == "ray":
+            from .backends import run_ray
+
+            # the driver prepares each (setting, extractor) first: pre-training and
+            # features land in the shared cache once, and workers only load them
+            for setting in cfg.settings:
+                for ext_cfg in cfg.extractors:
+                    prepared(setting, ext_cfg)
+            run_ray(cfg, defenses, store, reporter, out_dir, device, ray_address)
+        else:
+            for setting in cfg.settings:
+                for ext_cfg in cfg.extractors:
+                    prep = prepared(setting, ext_cfg)
+                    for seed in cfg.seeds:
+                        _run_seed(prep, cfg, seed, defenses, vcfg, store, reporter, device, out_dir)
     finish_report(out_dir)
     return store.frame()
 
@@ -273,7 +307,42 @@ def _figure_name(*parts: str) -> str:
     return "_".join("".join(c if c.isalnum() or c in "-." else "-" for c in p) for p in parts)
 
 
-def _run_seed(prep, cfg, seed, defenses, vcfg, store, reporter, device, out_dir: Path) -> None:
+class RowSink(Protocol):
+    """Where ``_run_seed`` puts rows: the ResultsStore locally, a collector in a Ray worker."""
+
+    def has(self, key: tuple) -> bool: ...
+
+    def append(self, row: dict[str, Any]) -> None: ...
+
+
+def unit_keys(
+    setting: SettingConfig, ext_cfg: ExtractorConfig, cfg: Config, seed: int, defenses: list
+) -> list[tuple]:
+    """The row keys one (setting, extractor, seed) unit writes, in ``_run_seed``'s order."""
+    base = {"setting": setting.name, "extractor": ext_cfg.label, "seed": seed}
+    cells = [("none", "-", eps) for eps in cfg.eps]
+    for spec in cfg.attacks:
+        for regime in attack_regimes(spec, cfg):
+            cells += [(spec.column, regime, eps) for eps in cfg.eps]
+    return [
+        row_key({**base, "attack": a, "regime": r, "eps": eps, "defense": d.label})
+        for a, r, eps in cells
+        for d in defenses
+    ]
+
+
+def _run_seed(
+    prep: Prepared,
+    cfg: Config,
+    seed: int,
+    defenses: list[DefenseSpec],
+    vcfg: VictimConfig,
+    store: RowSink,
+    reporter: Reporter,
+    device: torch.device,
+    out_dir: Path,
+) -> None:
+    """Every cell of one seed; cells whose key ``store`` already has are skipped."""
     memo: dict[str, Any] = {}
     figures = seed == cfg.seeds[0]
     projected: dict[str, torch.Tensor] = {}

@@ -1,0 +1,187 @@
+"""The Ray backend: one task per (setting, extractor, seed), rows written by the driver.
+
+Workers share the extractor and feature caches (``$XDG_CACHE_HOME``) and the output folder
+(poison files, figures) through the file system, so the cluster needs a shared one; a
+local Ray instance always has it. Only the driver touches ``results.csv``: workers return
+their rows and the driver appends them through the one ``ResultsStore`` (atomic, resumable).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, PoisonProbeError
+from ..progress import Reporter
+from .config import Config
+from .results import ResultsStore, row_key
+
+log = logging.getLogger("poisonprobe")
+
+SHARED_ENV = ("XDG_CACHE_HOME", "POISONPROBE_DATA")
+"""Environment variables the workers need to find the caches and datasets the driver uses."""
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a one-line error saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError('ray is not installed; pip install "poisonprobe[ray]"') from None
+    return ray
+
+
+class RowCollector:
+    """A row sink for a worker: skips the keys the driver already has, keeps the rest."""
+
+    def __init__(self, done: set[tuple]) -> None:
+        self.done = set(done)
+        self.rows: list[dict[str, Any]] = []
+
+    def has(self, key: tuple) -> bool:
+        return key in self.done
+
+    def append(self, row: dict[str, Any]) -> None:
+        key = row_key(row)
+        if key not in self.done:
+            self.done.add(key)
+            self.rows.append(row)
+
+
+def run_unit(
+    cfg_data: dict[str, Any],
+    setting_index: int,
+    ext_index: int,
+    seed: int,
+    done: set[tuple],
+    out_dir: str,
+    cwd: str,
+    threads: int,
+) -> list[dict[str, Any]]:
+    """Worker body: prepare (cache hits) and run one seed's cells; return the new rows."""
+    import torch
+
+    from ..defenses import parse_defense
+    from ..extractors.cache import FeatureCache
+    from .config import load_config
+    from .runner import _run_seed, prepare, resolve_device, victim_config
+
+    if os.path.isdir(cwd):
+        os.chdir(cwd)  # relative data, checkpoint and output paths mean what they mean locally
+    torch.set_num_threads(threads)
+    cfg = load_config(cfg_data)
+    setting, ext_cfg = cfg.settings[setting_index], cfg.extractors[ext_index]
+    device = resolve_device(cfg.device)
+    reporter = Reporter(quiet=True)
+    torch.manual_seed(0)
+    prep = prepare(setting, ext_cfg, cfg, device, reporter, FeatureCache())
+    sink = RowCollector(done)
+    defenses = [parse_defense(d) for d in cfg.defenses]
+    _run_seed(prep, cfg, seed, defenses, victim_config(cfg), sink, reporter, device, Path(out_dir))
+    return sink.rows
+
+
+def run_ray(
+    cfg: Config,
+    defenses: list,
+    store: ResultsStore,
+    reporter: Reporter,
+    out_dir: Path,
+    device: Any,
+    address: str | None = None,
+) -> None:
+    """Fan the (setting, extractor, seed) units out as Ray tasks; append rows as they land.
+
+    Uses an already initialised Ray, else connects to ``address``, else starts a local
+    instance with every CPU (and shuts down only what it started).
+    """
+    import torch
+
+    from .runner import unit_keys
+
+    ray = import_ray()
+    units = []
+    for si, setting in enumerate(cfg.settings):
+        for ei, ext_cfg in enumerate(cfg.extractors):
+            for seed in cfg.seeds:
+                keys = unit_keys(setting, ext_cfg, cfg, seed, defenses)
+                done = {k for k in keys if store.has(k)}
+                if len(done) == len(keys):
+                    reporter.advance(len(keys))  # resume: nothing left in this unit
+                else:
+                    units.append((si, ei, seed, done, len(keys)))
+    if not units:
+        return
+    started = _init_ray(ray, address)
+    pending: dict[Any, tuple] = {}
+    try:
+        gpu = torch.device(device).type == "cuda"
+        env = {k: os.environ[k] for k in SHARED_ENV if k in os.environ}
+        cpus = _cpus_per_task(ray, len(units))
+        task = ray.remote(run_unit).options(
+            num_cpus=cpus, num_gpus=1 if gpu else 0, runtime_env={"env_vars": env}
+        )
+        cfg_data = cfg.model_dump(mode="json")
+        where = (str(out_dir.resolve()), os.getcwd(), cpus)
+        for unit in units:
+            si, ei, seed, done, _ = unit
+            pending[task.remote(cfg_data, si, ei, seed, done, *where)] = unit
+        reporter.describe(f"ray: 0/{len(units)} units done")
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            si, ei, seed, done, n = pending.pop(ready[0])
+            for row in _get(ray, ready[0]):
+                store.append(row)
+            reporter.advance(n)
+            reporter.describe(f"ray: {len(units) - len(pending)}/{len(units)} units done")
+            log.info(
+                "ray unit %s/%s seed %d: %d new rows",
+                cfg.settings[si].name,
+                cfg.extractors[ei].label,
+                seed,
+                n - len(done),
+            )
+    except BaseException:
+        for ref in pending:  # a failed unit or Ctrl-C: stop the rest (resume picks them up)
+            ray.cancel(ref)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _init_ray(ray: Any, address: str | None) -> bool:
+    """Initialise Ray unless it already is; True when this call started it."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+    except ConnectionError as err:
+        raise ConfigError(
+            f"cannot connect to Ray at {address!r} ({err}); check --ray-address"
+        ) from None
+    return True
+
+
+def _cpus_per_task(ray: Any, n_units: int) -> int:
+    """Spread the cluster's CPUs over the units (torch threads follow), within one node."""
+    total = int(ray.cluster_resources().get("CPU", 1))
+    node = max((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]), default=1)
+    return max(1, min(node, total // max(n_units, 1)))
+
+
+def _get(ray: Any, ref: Any) -> list[dict[str, Any]]:
+    """A task's rows; a user error inside a worker surfaces as its own one-line error."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, PoisonProbeError):
+            raise cause from None
+        raise

@@ -1,0 +1,68 @@
+"""Full grid expansion: every axis of the config multiplies into exactly the rows written."""
+
+from __future__ import annotations
+
+from poisonprobe.defenses import parse_defense
+from poisonprobe.experiment.config import Config, load_config
+from poisonprobe.experiment.results import row_key
+from poisonprobe.experiment.runner import _count_cells, run, unit_keys
+
+
+def _planned(cfg: Config, defenses: list) -> list[tuple]:
+    return [
+        key
+        for setting in cfg.settings
+        for ext in cfg.extractors
+        for seed in cfg.seeds
+        for key in unit_keys(setting, ext, cfg, seed, defenses)
+    ]
+
+
+def test_count_multiplies_every_axis(tiny_config):
+    cfg = load_config(
+        dict(
+            tiny_config,
+            settings=[
+                {"name": "a", "source": "digits", "target": "digits"},
+                {"name": "b", "source": "syndigits", "target": "digits"},
+            ],
+            extractor=[{"epochs": 1}, {"epochs": 0, "name": "random-init"}],
+            attacks=[
+                "label-flip",  # box only
+                {"name": "gc-input", "grid": {"steps": [5, 9]}},  # unconstrained and box
+                "ft-ideal",  # feature
+            ],
+            eps=[0.03, 0.1, 0.3],
+            defenses=["none", "sphere"],
+            seeds=[0, 1, 2],
+        )
+    )
+    defenses = [parse_defense(d) for d in cfg.defenses]
+    cells = 2 * 2 * 3 * (1 + 1 + 2 * 2 + 1) * 3 * 2  # settings·extractors·seeds·runs·eps·defs
+    planned = _planned(cfg, defenses)
+    assert _count_cells(cfg, defenses) == len(planned) == len(set(planned)) == cells
+
+
+def test_cells_counted_equal_rows_written(tmp_path, tiny_config):
+    cfg = load_config(
+        dict(
+            tiny_config,
+            settings=[
+                {"name": "a", "source": "digits", "target": "digits"},
+                {"name": "b", "source": "digits", "target": "digits"},
+            ],
+            extractor=[{"epochs": 1}, {"epochs": 0, "name": "random-init"}],
+            attacks=[{"name": "label-flip", "grid": {"mode": ["confusable", "random"]}}],
+            seeds=[0, 1],
+            save_poisons=False,
+        )
+    )
+    defenses = [parse_defense(d) for d in cfg.defenses]
+    # 2 settings × 2 extractors × 2 seeds × (clean + 2 grid variants) × 1 eps × 1 defence
+    assert _count_cells(cfg, defenses) == 24
+
+    df = run(cfg, out=tmp_path, quiet=True)
+    assert len(df) == 24
+    assert set(df["attack"]) == {"none", "label-flip[mode=confusable]", "label-flip[mode=random]"}
+    # the rows written are exactly the cells the Ray driver plans (and resumes) by key
+    assert {row_key(r) for r in df.to_dict("records")} == set(_planned(cfg, defenses))
