@@ -136,11 +136,14 @@ def train_head(
 
     ``lbfgs`` (exact): L-BFGS from ``init`` (or zero), then Newton-CG to ``||∇F|| <= tol``.
     """
+    from .threads import single_thread_if_small
+
     config = config or VictimConfig()
     check_features(z, y)
-    if config.solver == "lbfgs":
-        return _train_lbfgs(z, y, n_classes, config, init)
-    return _train_sgd(z, y, n_classes, config, init, seed)
+    with single_thread_if_small(z.numel(), z.device):
+        if config.solver == "lbfgs":
+            return _train_lbfgs(z, y, n_classes, config, init)
+        return _train_sgd(z, y, n_classes, config, init, seed)
 
 
 def _train_lbfgs(z, y, n_classes, config: VictimConfig, init: LinearHead | None) -> LinearHead:

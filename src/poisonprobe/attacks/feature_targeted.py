@@ -120,7 +120,10 @@ def _ft(
         accept=accept,
     )
     _check(params, match_method, start, decoder_steps, match_steps, match_lr, linf)
-    stage = _stage12(ctx, params)
+    from ..threads import single_thread_if_small
+
+    with single_thread_if_small(ctx.z_train.numel(), ctx.z_train.device):
+        stage = _stage12(ctx, params)  # thousands of small head-sized ops
     pick = stage.ideal if variant == "ideal" else stage.feasible
     info: dict[str, Any] = {
         "target_acc": pick.target.train_acc,
