@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import PoisonProbeError
 
@@ -19,6 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+# click's exceptions, wherever this typer takes click from (typer >= 0.25 vendors its own copy)
+_click_errors = importlib.import_module(typer.BadParameter.__module__)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -109,7 +115,10 @@ def pretrain(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Pre-train an extractor with SSL (cached) and report its linear-probe accuracy."""
+    from pydantic import ValidationError
+
     from .data import load_dataset
+    from .errors import ConfigError
     from .experiment.config import ExtractorConfig
     from .experiment.runner import obtain_extractor, resolve_device
     from .extractors.cache import FeatureCache
@@ -117,9 +126,14 @@ def pretrain(
     from .progress import Reporter
     from .victim import train_head
 
-    ext_cfg = ExtractorConfig(
-        arch=arch, method=method, epochs=epochs, batch_size=batch_size, seed=seed
-    )
+    try:
+        ext_cfg = ExtractorConfig(
+            arch=arch, method=method, epochs=epochs, batch_size=batch_size, seed=seed
+        )
+    except ValidationError as err:
+        first = err.errors()[0]
+        option = "--" + str(first["loc"][0] if first["loc"] else "arch").replace("_", "-")
+        raise ConfigError(f"{option}: {first['msg'].removeprefix('Value error, ')}") from None
     splits = load_dataset(dataset, data_root)
     reporter = Reporter(quiet=quiet)
     dev = resolve_device(device)
@@ -193,7 +207,12 @@ def export(
             f"attacks there: {', '.join(sorted(df['attack'].unique()))}"
         )
     row = rows.iloc[0]
-    target = next(s.target for s in cfg.settings if s.name == row["setting"])
+    target = next((s.target for s in cfg.settings if s.name == row["setting"]), None)
+    if target is None:
+        raise ConfigError(
+            f"setting {row['setting']!r} of {out}/results.csv is missing from {out}/config.yaml; "
+            "restore the run's config.yaml"
+        )
     path = poison_file(
         out,
         row["setting"],
@@ -214,16 +233,32 @@ def export(
     console.print(f"wrote {written}: {len(y)} training points, {int(flag.sum())} poisoned")
 
 
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: MESSAGE`` on stderr as one literal line (no markup, no wrap) and exit."""
+    line = re.sub(r"\s*[\r\n]+\s*", " ", message).strip() or "unknown error"
+    Console(stderr=True).print(
+        Text.assemble(("error:", "red"), " ", line), highlight=False, soft_wrap=True
+    )
+    sys.exit(code)
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2, never a traceback."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except _click_errors.ClickException as err:  # unknown option, bad value, missing argument
+        if type(err).__name__ == "NoArgsIsHelpError":
+            sys.exit(2)  # no command given: typer has already printed the help
+        _fail(err.format_message())
+    except typer.Abort:
+        _fail("aborted", 1)
     except PoisonProbeError as err:
-        Console(stderr=True).print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(err))
     except KeyboardInterrupt:
+        code = 130
+    if code == 130:  # typer turns Ctrl-C into exit code 130
         Console(stderr=True).print("interrupted; rerun the same command to resume")
-        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class PoisonProbeError(Exception):
     """An error caused by the user's input (config, data, checkpoint, CLI).
@@ -38,3 +40,10 @@ def check_eps(eps: float) -> float:
     if not (0.0 < value <= 1.0):
         raise ConfigError(f"eps={value} is outside (0, 1]; use a fraction such as 0.03 or 0.1")
     return value
+
+
+def check_device(name: object) -> str:
+    """Validate a device name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ConfigError(f"device {name!r} is unknown; use auto, cpu, cuda or cuda:N")
+    return name

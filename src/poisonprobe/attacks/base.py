@@ -161,6 +161,45 @@ class AttackInfo:
                     f"attack {self.name!r} has no parameter {key!r}; "
                     f"allowed: {', '.join(allowed) or 'none'}"
                 )
+        hints = _param_types(self.fn, allowed)
+        for key, value in params.items():
+            if key in hints:
+                _check_value(self.name, key, value, hints[key], allowed[key].default)
+
+
+def _param_types(fn: Callable, params: dict[str, inspect.Parameter]) -> dict[str, Any]:
+    """The parameters' annotations as types (those that resolve in the attack's module).
+
+    Read from the signature, not ``typing.get_type_hints``: registration wrappers carry the
+    real parameters only in ``__signature__`` (string annotations, ``from __future__``).
+    """
+    namespace = getattr(inspect.unwrap(fn), "__globals__", {})
+    hints: dict[str, Any] = {}
+    for key, param in params.items():
+        hint = param.annotation
+        if isinstance(hint, str):
+            try:
+                hint = eval(hint, namespace)  # our own annotation text, as get_type_hints does
+            except Exception:
+                continue
+        if hint is not inspect.Parameter.empty:
+            hints[key] = hint
+    return hints
+
+
+def _check_value(attack: str, key: str, value: Any, hint: Any, default: Any) -> None:
+    """Refuse a parameter value of the wrong type (or a NaN/inf float) before any work."""
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+    strict = ConfigDict(strict=True, allow_inf_nan=False)
+    try:
+        TypeAdapter(hint, config=strict).validate_python(value)
+    except ValidationError as err:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ConfigError(
+            f"attack {attack!r}: {key}={shown} is invalid ({err.errors()[0]['msg']}); "
+            f"the default is {default!r}"
+        ) from None
 
 
 _ATTACKS: dict[str, AttackInfo] = {}

@@ -41,7 +41,9 @@ TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # fixed: splits and caps must not change with the run seed
 _CACHE_VERSION = 1
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
-_FAST_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+# torchvision decodes JPEGs faster than PIL; PNGs go to PIL: torchvision 0.29's PNG decoder
+# segfaults on some corrupt files (a damaged IDAT), which would kill the whole run
+_FAST_EXTENSIONS = frozenset({".jpg", ".jpeg"})
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -201,9 +203,10 @@ def _list_split(folder: Path, classes: list[str]) -> tuple[list[tuple[str, int, 
 def _decode(path: Path) -> np.ndarray:
     """One image as uint8 (C, H, W) with C = 1 (grey) or 3 (colour).
 
-    JPEG and PNG go through torchvision's decoder (about 2.5x faster than PIL on 32x32
-    CIFAR JPEGs, identical pixels in our checks: both use libjpeg-turbo); anything it does
-    not give as plain 8-bit grey/RGB (CMYK, 16-bit, alpha, other formats) goes through PIL.
+    JPEGs go through torchvision's decoder (about 2.5x faster than PIL on 32x32 CIFAR
+    JPEGs, identical pixels in our checks: both use libjpeg-turbo); anything it does not give
+    as plain 8-bit grey/RGB (CMYK, alpha) and every other format (PNG included, see
+    ``_FAST_EXTENSIONS``) goes through PIL.
     """
     if path.suffix.lower() in _FAST_EXTENSIONS:
         try:
@@ -474,6 +477,7 @@ def load_imagefolder(arg: str | None, root: Path, seed: int, download: bool) -> 
 # ----------------------------------------------------------------------------------------- npz
 
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_MAX_CLASSES = 100_000  # labels beyond this are a mistake (ids, not class indices)
 
 
 def _npz_images(x: np.ndarray, key: str, path: Path) -> tuple[np.ndarray, bool]:
@@ -600,6 +604,11 @@ def load_npz(path: Path) -> DatasetSplits:
                 f"{path}: labels go up to {n_classes - 1} but classes has {len(classes)} names; "
                 "give one name per class"
             )
+    elif n_classes > _MAX_CLASSES:
+        raise DataError(
+            f"{path}: labels go up to {n_classes - 1}; use class indices 0..K-1 "
+            f"(at most {_MAX_CLASSES} classes without a classes array)"
+        )
     else:
         classes = [str(i) for i in range(n_classes)]
 

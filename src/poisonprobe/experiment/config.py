@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import ConfigError, check_eps
+from ..errors import ConfigError, check_device, check_eps
 
 DEFAULT_ATTACKS: list[str] = [
     "label-flip",
@@ -30,7 +30,7 @@ DEFAULT_ATTACKS: list[str] = [
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SettingConfig(Strict):
@@ -166,7 +166,10 @@ class Config(Strict):
                     raise ValueError(f"attack entry {item} has no 'name'")
                 name, label = item.pop("name"), item.pop("label", None)
                 grid = item.pop("grid", None)
-                params = dict(item.pop("params", {}))
+                params = item.pop("params", {})
+                if not isinstance(params, dict):
+                    raise ValueError(f"attack {name!r}: params must be a map, got {params!r}")
+                params = dict(params)
                 params.update(item)
                 if grid is None:
                     out.append({"name": name, "label": label, "params": params})
@@ -183,7 +186,7 @@ class Config(Strict):
             raise ValueError("eps must list at least one budget, e.g. [0.03, 0.1]")
         return [check_eps(e) for e in v]
 
-    @field_validator("seeds", "settings", "regimes")
+    @field_validator("seeds", "settings", "regimes", "defenses", "extractor")
     @classmethod
     def _non_empty(cls, v: list) -> list:
         if not v:
@@ -193,9 +196,7 @@ class Config(Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v not in ("auto", "cpu") and not v.startswith("cuda"):
-            raise ValueError(f"device {v!r} is unknown; use auto, cpu or cuda[:N]")
-        return v
+        return check_device(v)
 
     @model_validator(mode="after")
     def _check_names(self) -> Config:
@@ -232,13 +233,36 @@ class Config(Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+_EXTRACTOR_BRANCHES = ("ExtractorConfig", "list[ExtractorConfig]")
+
+
+def _union_errors(errors: list[dict]) -> list[dict]:
+    """``extractor`` (a map or a list of maps) reports both branches it tried, each tagged with
+    its type name: keep the branch the input took, or one error if it was neither."""
+    whole = {("extractor", branch) for branch in _EXTRACTOR_BRANCHES}
+    neither = sum(tuple(e["loc"]) in whole for e in errors) == len(whole)
+    out: list[dict] = []
+    for e in errors:
+        if tuple(e["loc"]) not in whole:
+            out.append(e)
+        elif neither:
+            msg = "must be a map {arch: ..., method: ...} or a list of such maps"
+            out.append({**e, "loc": ("extractor",), "msg": msg, "type": "union"})
+            neither = False
+    return out
+
+
 def _one_line(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "config"
+    errors = _union_errors(err.errors())
+    first = errors[0]
+    loc = tuple(first["loc"])
+    if loc[:1] == ("extractor",) and loc[1:2] and loc[1] in _EXTRACTOR_BRANCHES:
+        loc = loc[:1] + loc[2:]
+    where = ".".join(str(p) for p in loc) or "config"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key; check its spelling against the documented keys (docs/config.md)"
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"config error at '{where}': {msg}{more}"
 
 
@@ -263,6 +287,8 @@ def load_config(source: str | Path | dict | Config | None = None) -> Config:
     if source is None or isinstance(source, dict):
         return parse_config(source)
     path = Path(source)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a directory; pass the path of a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file")
     try:
@@ -273,4 +299,9 @@ def load_config(source: str | Path | dict | Config | None = None) -> Config:
         raise ConfigError(f"{path} is not valid YAML{where}; fix the syntax") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read config {path}: {err}") from None
+    if data is None:
+        raise ConfigError(
+            f"config file {path} is empty; write a YAML mapping (docs/config.md), "
+            "or omit CONFIG to run the defaults"
+        )
     return parse_config(data)

@@ -48,7 +48,17 @@ def load_poisons(path: Path) -> dict[str, torch.Tensor]:
             f"no saved poisons at {path}; check --setting/--attack/--regime/--eps/--seed against "
             "results.csv (runs with save_poisons: false keep none)"
         )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any damage (truncated, foreign, refused pickle): one line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise ConfigError(
+            f"saved poisons {path} are unreadable ({first}); delete the file and rerun "
+            "`poisonprobe run` to recreate them"
+        ) from None
+    if not isinstance(payload, dict) or not torch.is_tensor(payload.get("y")):
+        raise ConfigError(f"saved poisons {path} hold no labels 'y'; delete the file and rerun")
+    return payload
 
 
 def poisoned_training_set(

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import ResourceError
+from ..errors import ConfigError, ResourceError
 
 KEY_COLUMNS = ["setting", "extractor", "attack", "regime", "eps", "defense", "seed"]
 COLUMNS = [
@@ -99,8 +99,31 @@ class ResultsStore:
         return read_results(self.path) if self.rows else pd.DataFrame(columns=COLUMNS)
 
 
+# what the report and `export` read; older files may lack the other columns
+REQUIRED_COLUMNS = [*KEY_COLUMNS, "source", "target", "n_poison", "clean_acc", "poisoned_acc"]
+NUMERIC_COLUMNS = ["eps", "seed", "n_poison", "clean_acc", "poisoned_acc"]
+
+
 def read_results(path: str | Path) -> pd.DataFrame:
-    return pd.read_csv(path, keep_default_na=True)
+    """A run's ``results.csv``; a file that is not one raises a one-line ``ConfigError``."""
+    try:
+        df = pd.read_csv(path, keep_default_na=True)
+    except (OSError, ValueError, csv.Error) as err:  # pandas' parser errors are ValueErrors
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise ConfigError(
+            f"{path} is not a results table ({first}); pass the --out folder of a run"
+        ) from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ConfigError(
+            f"{path} lacks the column(s) {', '.join(missing)}; it is not a poisonprobe results.csv"
+        )
+    for col in NUMERIC_COLUMNS:
+        if len(df) and not pd.api.types.is_numeric_dtype(df[col]):
+            raise ConfigError(
+                f"{path}: column {col!r} holds non-numbers; it is not a poisonprobe results.csv"
+            )
+    return df
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -32,10 +32,18 @@ log = logging.getLogger("poisonprobe")
 
 
 def resolve_device(name: str) -> torch.device:
+    from ..errors import ConfigError, check_device
+
+    name = check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise PoisonProbeError(f"device {name!r} requested but CUDA is not available; use cpu/auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+            "use cuda:0 or auto"
+        )
     return torch.device(name)
 
 

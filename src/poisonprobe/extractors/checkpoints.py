@@ -84,7 +84,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; check the path")
-    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
+    try:
+        safetensors = path.suffix == ".safetensors" or _looks_like_safetensors(path)
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror}") from None
+    if safetensors:
         return _read_safetensors(path)
     payload = _torch_load(path)
     return _unwrap(payload, path)
@@ -108,7 +112,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             f"checkpoint {path} is truncated or corrupt ({_first_line(err)}); "
             "download or save it again"
         ) from None
-    info = json.loads(meta["poisonprobe"]) if "poisonprobe" in meta else {}
+    info = _metadata(meta["poisonprobe"], path) if "poisonprobe" in meta else {}
     return state, info
 
 
@@ -122,7 +126,7 @@ def _torch_load(path: Path) -> Any:
                 "re-save it with torch.save(state_dict) or safetensors"
             ) from None
         raise _corrupt(path, err) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+    except Exception as err:  # garbage makes the safe unpickler raise anything (struct.error...)
         raise _corrupt(path, err) from None
 
 
@@ -143,15 +147,30 @@ def _corrupt(path: Path, err: BaseException) -> CheckpointError:
 
 
 def _first_line(err: BaseException) -> str:
+    """The gist of an error: its first sentence (torch's run on for a paragraph)."""
     text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:120]
+    return (text[0] if text else type(err).__name__).split(". ")[0][:120]
+
+
+def _metadata(text: Any, path: Path) -> dict[str, Any]:
+    """Our JSON metadata block, or a one-line error if it is damaged."""
+    try:
+        meta = json.loads(text)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} has corrupt poisonprobe metadata ({_first_line(err)}); "
+            "save it again"
+        ) from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} has corrupt poisonprobe metadata; save it again")
+    return meta
 
 
 def _unwrap(payload: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Find the tensor dict inside our format, a Lightning checkpoint or a plain state dict."""
     meta: dict[str, Any] = {}
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        meta = json.loads(payload.get("meta") or "{}")
+        meta = _metadata(payload.get("meta") or "{}", path)
         payload = payload.get("state_dict")
     elif isinstance(payload, dict):
         for key in ("state_dict", "model", "model_state_dict"):  # Lightning, others
@@ -244,7 +263,14 @@ def load_extractor(path: str | Path, arch: str, domain: InputDomain) -> Extracto
             f"checkpoint {path} is a {meta['arch']!r} extractor, not {arch!r}; "
             f"set arch: {meta['arch']}"
         )
-    ext = build_extractor(arch, domain, 0, **meta.get("arch_kwargs", {}))
+    options = meta.get("arch_kwargs", {})
+    try:
+        ext = build_extractor(arch, domain, 0, **options)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} asks for {arch} options {options!r} that cannot be built "
+            f"({_first_line(err)}); save it again with this version"
+        ) from None
     has_norm = "normalize.mean" in state and "normalize.std" in state
     norm = {k: state.pop(k) for k in ("normalize.mean", "normalize.std") if k in state}
     backbone_state = match_state_dict(state, ext.backbone, path, arch)
