@@ -57,6 +57,7 @@ class ExtractorConfig(Strict):
     batch_size: int = Field(256, ge=2)
     lr: float | None = Field(None, gt=0)
     seed: int = 0
+    amp: bool = True  # bf16 autocast for pre-training on CUDA; no effect on CPU
     checkpoint: str | None = None
     name: str | None = None  # label in results; default "<arch>-<method>" or the checkpoint stem
 
@@ -211,11 +212,12 @@ class Config(Strict):
         for spec in self.defenses:
             parse_defense(spec)
         from ..data import dataset_names
+        from ..data.reshape import split_shape_suffix
 
         known = dataset_names()
         for setting in self.settings:
             for spec in (setting.source, setting.target):
-                if spec.partition(":")[0] not in known:
+                if split_shape_suffix(spec)[0].partition(":")[0] not in known:
                     raise ValueError(
                         f"setting {setting.name!r}: unknown dataset {spec!r}; "
                         f"choose one of: {', '.join(known)}"

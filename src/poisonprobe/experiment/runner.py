@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ from ..defenses import DefenseInput, DefenseSpec, apply_defense, parse_defense
 from ..errors import ConfigError, DataError, PoisonProbeError
 from ..extractors import Extractor
 from ..progress import Reporter
+from ..threads import single_thread_if_small
 from ..victim import LinearHead, VictimConfig, train_head
 from .config import AttackSpec, Config, ExtractorConfig, SettingConfig, load_config
 from .results import ResultsStore, atomic_write_text, row_key
@@ -95,6 +97,7 @@ def obtain_extractor(
             lr=ext_cfg.lr,
             device=device,
             progress=reporter.track,
+            amp=ext_cfg.amp,
         )
     seconds = {"pretrain": time.perf_counter() - t0}
     reporter.log(
@@ -412,7 +415,13 @@ def _run_seed(
                 )
                 torch.manual_seed(seed)
                 t0 = time.perf_counter()
-                poison = info.fn(ctx, **spec.params)
+                threads = (  # feature attacks do head-sized ops only: one thread is faster
+                    single_thread_if_small(prep.z_train.numel(), prep.z_train.device)
+                    if info.regimes == ("feature",)
+                    else nullcontext()
+                )
+                with threads:
+                    poison = info.fn(ctx, **spec.params)
                 attack_seconds = time.perf_counter() - t0
                 ts = build_training_set(prep, poison, cfg.batch_size)
                 if cfg.save_poisons:
