@@ -22,6 +22,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,6 +53,11 @@ def fuzz(examples: int) -> settings:
 # ------------------------------------------------------------------------------ harness
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """What Python does with a warning outside pytest: print it on (the current) stderr."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def invoke(args: list[str], cwd: Path | None = None) -> tuple[int, str, str]:
     """Run ``poisonprobe ARGS`` in-process (in ``cwd``): (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
@@ -61,12 +67,15 @@ def invoke(args: list[str], cwd: Path | None = None) -> tuple[int, str, str]:
         os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main()
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            else:
-                code = 0
+            with warnings.catch_warnings():  # a user sees Python warnings on stderr: so do we
+                warnings.simplefilter("always")
+                warnings.showwarning = _print_warning
+                try:
+                    main()
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+                else:
+                    code = 0
     finally:
         sys.argv = old_argv
         os.chdir(old_cwd)
@@ -310,6 +319,11 @@ class Case:
 def _evil_raw(d: Path) -> list[str]:
     write(d, "evil.pt", pickle.dumps(Payload(d / "PWNED"), protocol=2))
     return run_ckpt(d, "evil.pt")
+
+
+def _evil_raw4(d: Path) -> list[str]:
+    write(d, "evil4.pt", pickle.dumps(Payload(d / "PWNED"), protocol=4))  # Python's default
+    return run_ckpt(d, "evil4.pt")
 
 
 def _evil_zip(d: Path) -> list[str]:
@@ -1001,6 +1015,12 @@ def _cases() -> list[Case]:
         _evil_raw,
     )
     add(
+        "checkpoint: code-executing pickle, protocol 4",
+        "`pickle.dumps(Payload(), protocol=4)`",
+        "refusing",
+        _evil_raw4,
+    )
+    add(
         "checkpoint: code-executing torch.save zip",
         "`torch.save({'state_dict': Payload()})`",
         "refusing",
@@ -1403,7 +1423,7 @@ def _places(name: str, key: str) -> list[tuple[dict, tuple[str, ...]]]:
         ({"attacks": [{"name": name}]}, shown),
         ({"defenses": [name]}, shown + ("defen",)),
         ({"defenses": [[{"name": name}]]}, shown + ("defen",)),
-        (data_cfg(name.replace(":", "_") + "x"), ("unknown dataset",)),
+        (data_cfg(name.replace(":", "_") + "x"), ("unknown dataset", "dataset spec")),
         ({"extractor": {"arch": name}}, ("arch",)),
         ({"extractor": {"method": name}}, ("method",)),
         ({"regimes": [name]}, ("regimes",)),
@@ -1596,7 +1616,9 @@ def good_checkpoint(work: Path) -> bytes:
 
 @fuzz(40)
 @given(
-    head=st.sampled_from([b"", b"\x80\x02", b"PK\x03\x04", b"\x10\x00\x00\x00\x00\x00\x00\x00{"]),
+    head=st.sampled_from(
+        [b"", b"\x80\x02", b"\x80\x04\x95", b"PK\x03\x04", b"\x10\x00\x00\x00\x00\x00\x00\x00{"]
+    ),
     body=st.binary(max_size=600),
     suffix=st.sampled_from([".pt", ".ckpt", ".safetensors", ".bin"]),
 )

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import pickle
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,10 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 def _torch_load(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle (protocol 4, Python's default) makes
+            # torch warn on stderr before it refuses or loads: the outcome says all there is
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if _is_refusal(str(err), path):
             raise CheckpointError(
