@@ -499,10 +499,9 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _count_cells(cfg: Config, defenses: list) -> int:
-    per_seed = len(cfg.eps) * len(defenses)
-    for spec in cfg.attacks:
-        per_seed += len(attack_regimes(spec, cfg)) * len(cfg.eps) * len(defenses)
-    return per_seed * len(cfg.seeds) * len(cfg.settings) * len(cfg.extractors)
+    """Rows the whole grid writes (one unit's keys, times the units)."""
+    per_unit = len(unit_keys(cfg.settings[0], cfg.extractors[0], cfg, cfg.seeds[0], defenses))
+    return per_unit * len(cfg.seeds) * len(cfg.settings) * len(cfg.extractors)
 
 
 def _manifest(cfg: Config, out_dir: Path) -> dict[str, Any]:
