@@ -120,10 +120,7 @@ def _ft(
         accept=accept,
     )
     _check(params, match_method, start, decoder_steps, match_steps, match_lr, linf)
-    from ..threads import single_thread_if_small
-
-    with single_thread_if_small(ctx.z_train.numel(), ctx.z_train.device):
-        stage = _stage12(ctx, params)  # thousands of small head-sized ops
+    stage = _stage12(ctx, params)
     pick = stage.ideal if variant == "ideal" else stage.feasible
     info: dict[str, Any] = {
         "target_acc": pick.target.train_acc,
@@ -302,8 +299,15 @@ def _exact(ctx: AttackContext, max_iter: int | None = None, tol: float | None = 
 
 def _stage12(ctx: AttackContext, p: dict[str, Any]) -> _Stage12:
     key = ("ft/stage12", id(ctx.z_train), ctx.seed, ctx.threat.eps, tuple(sorted(p.items())))
-    if key in ctx.memo:
-        return ctx.memo[key]
+    if key not in ctx.memo:
+        from ..threads import single_thread_if_small
+
+        with single_thread_if_small(ctx.z_train.numel(), ctx.z_train.device):
+            ctx.memo[key] = _compute_stage12(ctx, p)  # thousands of small head-sized ops
+    return ctx.memo[key]
+
+
+def _compute_stage12(ctx: AttackContext, p: dict[str, Any]) -> _Stage12:
     t0 = time.perf_counter()
     wd = ctx.victim.weight_decay
     z = ctx.z_train.to(torch.float64)
@@ -356,7 +360,6 @@ def _stage12(ctx: AttackContext, p: dict[str, Any]) -> _Stage12:
         n_tried=n_tried,
         seconds={"stage1": t1 - t0, "stage2": t2 - t1},
     )
-    ctx.memo[key] = out
     return out
 
 
