@@ -37,6 +37,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..head_solver import HeadCurvature, newton_solve
+from ..threads import single_thread_if_small
 from ..victim import LinearHead, VictimConfig, gradient_sums
 from .base import AttackContext, PoisonSet, register_attack
 from .gc_input import PixelOptimizer, cosine_lr, feature_loss_and_grad, init_poisons
@@ -103,9 +104,10 @@ def solve_follower_system(
     if hessian not in HESSIAN_MODES:
         raise ConfigError(f"hessian={hessian!r} is unknown; use one of {HESSIAN_MODES}")
     exact = hessian == "exact" or (hessian == "auto" and curv.auto_exact())
-    if exact:
-        return curv.solve_exact(g), True
-    return curv.solve_cg(g, cg_iters), False
+    with single_thread_if_small(curv.z.numel(), curv.z.device):
+        if exact:
+            return curv.solve_exact(g), True
+        return curv.solve_cg(g, cg_iters), False
 
 
 def total_gradient_surrogate(
@@ -155,7 +157,8 @@ def follower_update(
     z_all = torch.cat([prob.z_fol, z_p.detach().to(prob.z_fol.dtype)])
     y_all = torch.cat([prob.y_fol, y_p.to(prob.y_fol.device)])
     if mode == "exact":
-        return newton_solve(head, z_all, y_all, prob.victim.weight_decay, tol=prob.follower_tol)
+        with single_thread_if_small(z_all.numel(), z_all.device):
+            return newton_solve(head, z_all, y_all, prob.victim.weight_decay, tol=prob.follower_tol)
     zd = z_all.to(torch.float64)
     lr = 1.0 / follower_lipschitz(zd, prob.victim.weight_decay)
     theta = head.flat().detach().clone()
