@@ -65,7 +65,7 @@ def markdown(sections: list[Section], args, budget: Budget, info: dict, loads, t
         f"python {info['python']}, torch {info['torch']}, torch threads {info['torch_threads']}",
         f"- load average (1/5/15 min) at start: {loads[0]}; at end: {loads[1]} "
         "(a shared box: other processes ran too, hence interleaved repetitions)",
-        f"- command: `python benchmarks/run.py {' '.join(sys.argv[1:])}`".rstrip(),
+        f"- command: `{' '.join(['python benchmarks/run.py', *sys.argv[1:]])}`",
         "",
         "## Summary (ratio = baseline time / our time)",
         "",
