@@ -134,7 +134,8 @@ def train_head(
 ) -> LinearHead:
     """Fit the victim's head on features ``z`` (n, d) with labels ``y`` (n,).
 
-    ``lbfgs`` (exact): L-BFGS from ``init`` (or zero), then Newton-CG to ``||∇F|| <= tol``.
+    ``lbfgs`` (exact): L-BFGS from zero, then Newton-CG to ``||∇F|| <= tol``; a warm start
+    (``init``) goes straight to damped Newton and falls back to L-BFGS if that stalls.
     """
     from .threads import single_thread_if_small
 
