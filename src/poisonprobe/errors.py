@@ -42,6 +42,15 @@ def check_eps(eps: float) -> float:
     return value
 
 
+def error_gist(err: BaseException) -> str:
+    """The gist of a library error for a one-line message: its first sentence, capped.
+
+    torch's and pandas' messages run on for a paragraph; ours must stay on one line.
+    """
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__).split(". ")[0][:120]
+
+
 def check_device(name: object) -> str:
     """Validate a device name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
     if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):

@@ -14,7 +14,7 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from ..errors import DataError
+from ..errors import DataError, error_gist
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
@@ -68,7 +68,7 @@ def extract_archive(archive: Path, root: Path) -> Path:
             if isinstance(err, OSError) and dest.is_dir():  # another process won the race
                 return _content_root(dest)
             raise DataError(
-                f"cannot extract {archive} ({err}); check the file is a tar archive"
+                f"cannot extract {archive} ({error_gist(err)}); check the file is a tar archive"
             ) from err
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..attacks import PoisonSet
-from ..errors import ConfigError, ResourceError
+from ..errors import ConfigError, ResourceError, error_gist
 
 
 def poison_file(
@@ -51,9 +51,8 @@ def load_poisons(path: Path) -> dict[str, torch.Tensor]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any damage (truncated, foreign, refused pickle): one line
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
         raise ConfigError(
-            f"saved poisons {path} are unreadable ({first}); delete the file and rerun "
+            f"saved poisons {path} are unreadable ({error_gist(err)}); delete the file and rerun "
             "`poisonprobe run` to recreate them"
         ) from None
     if not isinstance(payload, dict) or not torch.is_tensor(payload.get("y")):

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import ConfigError, ResourceError
+from ..errors import ConfigError, ResourceError, error_gist
 
 KEY_COLUMNS = ["setting", "extractor", "attack", "regime", "eps", "defense", "seed"]
 COLUMNS = [
@@ -109,9 +109,8 @@ def read_results(path: str | Path) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, keep_default_na=True)
     except (OSError, ValueError, csv.Error) as err:  # pandas' parser errors are ValueErrors
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
         raise ConfigError(
-            f"{path} is not a results table ({first}); pass the --out folder of a run"
+            f"{path} is not a results table ({error_gist(err)}); pass the --out folder of a run"
         ) from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:

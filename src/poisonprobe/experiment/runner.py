@@ -22,7 +22,7 @@ import torch
 from ..attacks import AttackContext, PoisonSet, ThreatModel, get_attack
 from ..data import DatasetSplits, load_dataset
 from ..defenses import DefenseInput, DefenseSpec, apply_defense, parse_defense
-from ..errors import ConfigError, DataError, PoisonProbeError
+from ..errors import ConfigError, DataError, PoisonProbeError, check_device
 from ..extractors import Extractor
 from ..progress import Reporter
 from ..threads import single_thread_if_small
@@ -34,8 +34,6 @@ log = logging.getLogger("poisonprobe")
 
 
 def resolve_device(name: str) -> torch.device:
-    from ..errors import ConfigError, check_device
-
     name = check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

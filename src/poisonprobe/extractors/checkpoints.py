@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..domain import InputDomain
-from ..errors import CheckpointError
+from ..errors import CheckpointError, error_gist
 from .archs import Extractor, arch_config, build_extractor
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # SafetensorError, OSError, ...: all mean "unreadable"
         raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({_first_line(err)}); "
+            f"checkpoint {path} is truncated or corrupt ({error_gist(err)}); "
             "download or save it again"
         ) from None
     info = _metadata(meta["poisonprobe"], path) if "poisonprobe" in meta else {}
@@ -146,14 +146,8 @@ def _is_refusal(message: str, path: Path) -> bool:
 
 def _corrupt(path: Path, err: BaseException) -> CheckpointError:
     return CheckpointError(
-        f"checkpoint {path} is truncated or corrupt ({_first_line(err)}); download or save it again"
+        f"checkpoint {path} is truncated or corrupt ({error_gist(err)}); download or save it again"
     )
-
-
-def _first_line(err: BaseException) -> str:
-    """The gist of an error: its first sentence (torch's run on for a paragraph)."""
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__).split(". ")[0][:120]
 
 
 def _metadata(text: Any, path: Path) -> dict[str, Any]:
@@ -162,8 +156,7 @@ def _metadata(text: Any, path: Path) -> dict[str, Any]:
         meta = json.loads(text)
     except (TypeError, ValueError) as err:
         raise CheckpointError(
-            f"checkpoint {path} has corrupt poisonprobe metadata ({_first_line(err)}); "
-            "save it again"
+            f"checkpoint {path} has corrupt poisonprobe metadata ({error_gist(err)}); save it again"
         ) from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint {path} has corrupt poisonprobe metadata; save it again")
@@ -273,7 +266,7 @@ def load_extractor(path: str | Path, arch: str, domain: InputDomain) -> Extracto
     except (TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(
             f"checkpoint {path} asks for {arch} options {options!r} that cannot be built "
-            f"({_first_line(err)}); save it again with this version"
+            f"({error_gist(err)}); save it again with this version"
         ) from None
     has_norm = "normalize.mean" in state and "normalize.std" in state
     norm = {k: state.pop(k) for k in ("normalize.mean", "normalize.std") if k in state}
