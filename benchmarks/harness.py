@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -205,7 +206,10 @@ class CifarFeatures:
     order: torch.Tensor  # a fixed permutation: the first N indices give nested subsets
 
 
-CIFAR_SPEC = "imagefolder:/work/data/cifar10"
+# the shared CIFAR-10 archive next to the checkout (extracted once into the data cache);
+# POISONPROBE_BENCH_CIFAR overrides it with any dataset spec, e.g. imagefolder:/data/cifar10
+_SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpg.tar.gz"
+CIFAR_SPEC = os.environ.get("POISONPROBE_BENCH_CIFAR", f"imagefolder:{_SHARED_CIFAR}")
 
 
 @cache

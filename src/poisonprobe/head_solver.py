@@ -196,19 +196,20 @@ def newton_solve(
     tol: float = 1e-9,
     max_steps: int = 30,
     cg_iters: int = 100,
+    eig: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> LinearHead:
     """Minimise F exactly: warm-started Newton with preconditioned-CG steps + backtracking.
 
     ``victim.train_head``'s L-BFGS stalls near ``||∇F|| ~ 1e-6`` on SSL features (κ ~ 1e4)
     after hundreds of iterations; Newton reaches ``tol`` in a handful of steps, which the
-    implicit-function hypergradient needs (it assumes ``∇F = 0``).
+    implicit-function hypergradient needs (it assumes ``∇F = 0``). ``eig``: a
+    ``feature_eig``-like decomposition to reuse for the preconditioner.
     """
     k, d = head.weight.shape
     zd = z.detach().to(head.weight.device, torch.float64)
     yoh = torch.nn.functional.one_hot(y.long(), k).to(zd)
     theta = head.flat().detach().clone()
     loss, g = _objective(theta, zd, yoh, wd, k)
-    eig = None
     for _ in range(max_steps):
         gnorm = float(g.norm())
         if gnorm <= tol:
