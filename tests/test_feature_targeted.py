@@ -11,7 +11,12 @@ from torch import nn
 
 from poisonprobe.attacks import AttackContext, ThreatModel, get_attack
 from poisonprobe.attacks.feature_gc import feature_gc, relabel
-from poisonprobe.attacks.gc_objective import clean_gradient, gc_loss, gc_residual
+from poisonprobe.attacks.gc_objective import (
+    clean_gradient,
+    gc_loss,
+    gc_loss_and_grad,
+    gc_residual,
+)
 from poisonprobe.attacks.gradpc import clean_loss, gradpc, radius_scale
 from poisonprobe.attacks.inversion import decode, feature_match, train_decoder
 from poisonprobe.attacks.poisonability import (
@@ -102,6 +107,32 @@ def test_closed_form_gradients_equal_autograd_of_victim_objective():
     # the GC residual is exactly N_t × the gradient of the victim's objective on clean ∪ poison
     rw, rb = gc_residual(head, clean_gradient(head, z, y, wd), zp, yp, wd)
     assert torch.allclose(rw, n * aw, atol=1e-10) and torch.allclose(rb, n * ab, atol=1e-10)
+
+
+def test_gc_closed_form_gradient_matches_autograd_and_finite_differences():
+    gen = torch.Generator().manual_seed(3)
+    k, d, wd = 4, 6, 1e-2
+    head = LinearHead(
+        torch.randn(k, d, generator=gen, dtype=torch.float64),
+        torch.randn(k, generator=gen, dtype=torch.float64),
+    )
+    zc = torch.randn(30, d, generator=gen, dtype=torch.float64)
+    clean = clean_gradient(head, zc, torch.randint(0, k, (30,), generator=gen), wd)
+    zp = torch.randn(7, d, generator=gen, dtype=torch.float64)
+    yp = torch.randint(0, k, (7,), generator=gen)
+    value, grad = gc_loss_and_grad(head, clean, zp, yp, wd)
+    leaf = zp.clone().requires_grad_(True)
+    loss = gc_loss(head, clean, leaf, yp, wd)
+    (auto,) = torch.autograd.grad(loss, leaf)
+    assert value == pytest.approx(float(loss), rel=1e-12)
+    assert torch.allclose(grad, auto, rtol=1e-10, atol=1e-14)
+    h = 1e-6  # central differences on a few coordinates
+    for j, c in ((0, 0), (3, 5), (6, 2)):
+        up, down = zp.clone(), zp.clone()
+        up[j, c] += h
+        down[j, c] -= h
+        fd = float(gc_loss(head, clean, up, yp, wd)) - float(gc_loss(head, clean, down, yp, wd))
+        assert fd / (2 * h) == pytest.approx(float(grad[j, c]), rel=1e-6, abs=1e-9)
 
 
 def test_gc_near_zero_objective_makes_target_the_victims_solution():
@@ -330,3 +361,22 @@ def test_user_errors_are_config_errors(digits):
     for bad in bad_params:
         with pytest.raises(ConfigError):
             info.fn(ctx, **bad)
+
+
+def test_in_place_adam_matches_torch_adam():
+    from poisonprobe.attacks.feature_gc import _Adam
+
+    gen = torch.Generator().manual_seed(4)
+    ours = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    ref = ours.clone().requires_grad_(True)
+    opt = torch.optim.Adam([ref], lr=0.1)
+    adam = _Adam(ours)
+    for t in range(6):
+        g = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+        lr = 0.1 * (1.0 - t / 6)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        ref.grad = g.clone()
+        opt.step()
+        adam.step(g, lr)
+    assert torch.allclose(ours, ref.detach(), rtol=1e-12, atol=1e-14)
