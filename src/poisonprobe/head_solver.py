@@ -64,11 +64,13 @@ class HeadCurvature:
         k, d, n = self.k, self.d, self.n
         zt = torch.cat([self.z, torch.ones(n, 1, dtype=self.z.dtype, device=self.z.device)], 1)
         full = torch.empty(k, d + 1, k, d + 1, dtype=self.z.dtype, device=self.z.device)
-        for a in range(k):
-            coef = -self.p[:, a : a + 1] * self.p  # (n, k): A_i[a, b] = p_a (δ_ab − p_b)
-            coef[:, a] += self.p[:, a]
-            block = zt.T @ (coef[:, :, None] * zt[:, None, :]).reshape(n, k * (d + 1))
-            full[a] = block.reshape(d + 1, k, d + 1) / n
+        for a in range(k):  # blocks b ≥ a only: H is symmetric (half the flops)
+            coef = -self.p[:, a : a + 1] * self.p[:, a:]  # A_i[a, b] = p_a (δ_ab − p_b)
+            coef[:, 0] += self.p[:, a]
+            rows = (coef[:, :, None] * zt[:, None, :]).reshape(n, (k - a) * (d + 1))
+            block = (zt.T @ rows / n).reshape(d + 1, k - a, d + 1)
+            full[a, :, a:] = block
+            full[a + 1 :, :, a] = block[:, 1:].permute(1, 2, 0)
         idx_w = (torch.arange(k)[:, None] * (d + 1) + torch.arange(d)[None, :]).reshape(-1)
         perm = torch.cat([idx_w, torch.arange(k) * (d + 1) + d]).to(self.z.device)
         h = full.reshape(k * (d + 1), k * (d + 1))[perm][:, perm]
@@ -125,13 +127,13 @@ class HeadCurvature:
         return v - (v @ self.null) * self.null  # keep CG iterates off the flat direction
 
     def auto_exact(self) -> bool:
-        """Explicit Hessian when it is cheap: ~2nk²(d+1)² flops + (kd+k)³/3 Cholesky.
+        """Explicit Hessian when it is cheap: ~nk²(d+1)² flops + (kd+k)³/3 Cholesky.
 
         CPU: up to ~1 GFLOP (e.g. k=10, d≤128 on digits-sized data); GPU: up to ~4 TFLOP
         and 2 GiB of Hessian (e.g. k=10, d=512 on CIFAR). Otherwise CG.
         """
         p = self.n_params
-        flops = 2.0 * self.n * self.k**2 * (self.d + 1) ** 2 + p**3 / 3
+        flops = 1.0 * self.n * self.k**2 * (self.d + 1) ** 2 + p**3 / 3  # half: symmetric
         if self.z.device.type == "cuda":
             return flops <= 4e12 and p * p * 8 <= 2 * 2**30
         return flops <= 1e9
