@@ -210,7 +210,7 @@ def case_victim(b: Budget) -> Section:
     epochs = 20 if b.quick else 100
     sec = Section(
         f"(2) Exact L-BFGS head vs SGD probe recipe (CIFAR-10, N={n}, d=512, k=10)",
-        ["solver", "median s", "min–max s", "||∇F|| reached", "test acc", "ratio (SGD / this)"],
+        ["solver", "median s", "min–max s", "‖∇F‖ reached", "test acc", "ratio (SGD / this)"],
     )
     cf = cifar_features()
     idx = cf.order[:n]
@@ -219,10 +219,21 @@ def case_victim(b: Budget) -> Section:
     wd = VictimConfig().weight_decay
     sgd = VictimConfig(solver="sgd", sgd_epochs=epochs)
     loose = VictimConfig(tol=1e-5)
+    cores = os.cpu_count() or 1
+
+    def all_cores():  # the library's own choice for a problem this large (SGD stays on 1)
+        before = torch.get_num_threads()
+        torch.set_num_threads(cores)
+        try:
+            return train_head(z, y, 10, loose)
+        finally:
+            torch.set_num_threads(before)
+
     s = interleaved(
         {
             "exact": lambda: train_head(z, y, 10, VictimConfig()),
             "loose": lambda: train_head(z, y, 10, loose),
+            "loose_mt": all_cores,
             "sgd": lambda: train_head(z, y, 10, sgd),
         },
         b.reps,
@@ -233,12 +244,13 @@ def case_victim(b: Budget) -> Section:
     labels = {
         "loose": "ours, tol 1e-5 (float32 preconditioned L-BFGS, stops at tol)",
         "exact": "ours, default tol 1e-9 (+ float64 Newton polish)",
+        "loose_mt": f"ours, tol 1e-5, {cores} threads (SGD: 1 thread, its fastest)",
         "sgd": f"SGD recipe: {epochs} epochs, batch 256, momentum 0.9, cosine lr, float32",
     }
     what = f"N={n}, {epochs} epochs"
     if b.quick:
         what += " — quick mode, not the N=50,000/100-epoch target"
-    for key in ("loose", "exact", "sgd"):
+    for key in ("loose", "exact", "loose_mt", "sgd"):
         head = s[key].result
         acc = head.accuracy(zt, yt)
         r = ratio(s["sgd"].median, s[key].median)
@@ -254,12 +266,13 @@ def case_victim(b: Budget) -> Section:
             ]
         )
         if key != "sgd":
-            name = "lbfgs_vs_sgd" if key == "loose" else "lbfgs_exact_vs_sgd"
+            name, how = {
+                "loose": ("lbfgs_vs_sgd", "tol 1e-5"),
+                "exact": ("lbfgs_exact_vs_sgd", "tol 1e-9"),
+                "loose_mt": ("lbfgs_vs_sgd_all_cores", f"tol 1e-5, {cores} threads"),
+            }[key]
             delta = 100.0 * (acc - acc_s)
-            tol = "1e-5" if key == "loose" else "1e-9"
-            sec.lines.append(
-                f"{name} ratio={r:.3g} acc_delta={delta:+.2f}pt (tol {tol}, {what})"
-            )
+            sec.lines.append(f"{name} ratio={r:.3g} acc_delta={delta:+.2f}pt ({how}, {what})")
     sec.notes.append(
         "Features: a fixed Gaussian random projection 3072→512 + ReLU of the normalised "
         f"CIFAR-10 pixels (`{CIFAR_SPEC}`, 50k train / 10k test). All solvers minimise mean "
