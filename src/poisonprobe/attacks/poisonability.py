@@ -135,11 +135,13 @@ def _safe_mul(coef: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
 
 
 def _phi(t: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """φ(D(t)) for labels y (rows) and scalars t (..., k_y, G) -> (k_y, G)."""
-    d = torch.minimum(torch.maximum(t[..., None] + e[:, None, :], lo[:, None, :]), hi[:, None, :])
+    """φ(D(t)) for labels y (rows) and scalars t (..., k_y, G) -> (..., k_y, G); ``e`` is
+    (..., k, k) with the same leading (batch-of-shifts) dimensions as ``t``."""
+    e = e[..., :, None, :]
+    d = torch.minimum(torch.maximum(t[..., None] + e, lo[:, None, :]), hi[:, None, :])
     eye = torch.eye(lo.shape[0], dtype=torch.bool, device=lo.device)[:, None, :]
     d = d.masked_fill(eye, 0.0)  # D_y = 0
-    a = (d - e[:, None, :]).masked_fill(eye, 0.0)
+    a = (d - e).masked_fill(eye, 0.0)
     q = torch.softmax(-d, dim=-1)
     return (q * a).sum(-1)
 
@@ -147,31 +149,32 @@ def _phi(t: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, e: torch.Tensor) -
 def max_cancellation(lo: torch.Tensor, hi: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """``max_{D ∈ [lo, hi]} Σ_k softmax(−D)_k (D_k − e_k)`` per label y (the 1-D KKT search).
 
-    ``lo, hi``: (k, k) gap intervals; ``shift``: (k,) the bias shift c (e[y, k] = c_k − c_y).
+    ``lo, hi``: (k, k) gap intervals; ``shift``: (..., k) bias shifts c (e[y, k] = c_k − c_y),
+    several at once along the leading dimensions (one vectorised search). Returns (..., k).
     """
     k = lo.shape[0]
-    e = shift[None, :] - shift[:, None]
-    ones = torch.ones(k, 1, dtype=lo.dtype, device=lo.device)
-    t_lo = 1.0 + _phi(ones, lo, hi, e)[:, 0]  # t* ≥ 1 + φ(D(1))
-    t_hi = 1.0 + math.log(k) + (-e).clamp_min(0.0).max(dim=1).values
+    e = shift[..., None, :] - shift[..., :, None]
+    ones = torch.ones(*shift.shape, 1, dtype=lo.dtype, device=lo.device)
+    t_lo = 1.0 + _phi(ones, lo, hi, e)[..., 0]  # t* ≥ 1 + φ(D(1))
+    t_hi = 1.0 + math.log(k) + (-e).clamp_min(0.0).max(dim=-1).values
     t_hi = torch.maximum(t_hi, t_lo + 1e-6)
     frac = torch.linspace(0.0, 1.0, _GRID, dtype=lo.dtype, device=lo.device)
-    grid = t_lo[:, None] + (t_hi - t_lo)[:, None] * frac[None, :]
+    grid = t_lo[..., None] + (t_hi - t_lo)[..., None] * frac
     vals = _phi(grid, lo, hi, e)
-    best = vals.argmax(dim=1)
+    best = vals.argmax(dim=-1)
     step = (t_hi - t_lo) / (_GRID - 1)
-    center = grid.gather(1, best[:, None])[:, 0]
+    center = grid.gather(-1, best[..., None])[..., 0]
     a, b = center - step, center + step
     inv = (math.sqrt(5.0) - 1.0) / 2.0
     for _ in range(_GOLDEN_ITERS):  # refine each label's bracket (vectorised over y)
         c1, c2 = b - inv * (b - a), a + inv * (b - a)
-        f1 = _phi(c1[:, None], lo, hi, e)[:, 0]
-        f2 = _phi(c2[:, None], lo, hi, e)[:, 0]
+        f1 = _phi(c1[..., None], lo, hi, e)[..., 0]
+        f2 = _phi(c2[..., None], lo, hi, e)[..., 0]
         left = f1 >= f2
         b = torch.where(left, c2, b)
         a = torch.where(left, a, c1)
-    refined = _phi(((a + b) / 2)[:, None], lo, hi, e)[:, 0]
-    return torch.maximum(vals.max(dim=1).values, refined)
+    refined = _phi(((a + b) / 2)[..., None], lo, hi, e)[..., 0]
+    return torch.maximum(vals.max(dim=-1).values, refined)
 
 
 def min_cancellation(lo: torch.Tensor, hi: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -228,12 +231,11 @@ def poisonability(
     unit = r_b / scale if scale > 0 else torch.zeros_like(r_b)
     bounds: list[float] = []
     phi0 = math.nan
-    for lam in shifts:
-        if lam != 0.0 and scale == 0:
-            continue
-        c = lam * unit
+    lams = [lam for lam in shifts if lam == 0.0 or scale > 0]
+    cs = torch.stack([lam * unit for lam in lams]) if lams else unit[:0]
+    phis = max_cancellation(lo, hi, cs).max(dim=-1).values.tolist()  # every shift at once
+    for lam, c, phi in zip(lams, cs, phis, strict=True):
         a_c = align + float((r_b * c).sum())
-        phi = float(max_cancellation(lo, hi, c).max())
         if lam == 0.0:
             phi0 = phi
         bounds.append(_side_bound(a_c, phi, reg, (lo, hi), c, n))
