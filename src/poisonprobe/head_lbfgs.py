@@ -24,21 +24,6 @@ from .victim import LinearHead
 HISTORY = 20  # L-BFGS curvature pairs
 MAX_HALVINGS = 8
 STALL_ITERS = 20  # iterations without halving ||∇F||: float32 round-off reached
-GRAM_ROWS = 8192  # rows (at least; 4·d for wide features) sampled for the covariance
-
-
-def sampled_feature_eig(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigen-decomposition of ``Z̃ᵀZ̃/n`` (float64) from a strided sample of rows in float32:
-    a preconditioner needs the spectrum's shape, not its last digit."""
-    n, d = z.shape
-    step = max(1, n // max(GRAM_ROWS, 4 * (d + 1)))
-    zs = z[::step].to(torch.float32)
-    m = zs.shape[0]
-    c = torch.empty(d + 1, d + 1, dtype=torch.float64, device=z.device)
-    c[:d, :d] = (zs.T @ zs).double() / m
-    mean = zs.sum(0).double() / m
-    c[:d, d], c[d, :d], c[d, d] = mean, mean, 1.0
-    return torch.linalg.eigh(c)
 
 
 def kronecker_basis(
@@ -63,7 +48,7 @@ def lbfgs_float32(
     max_iter: int = 300,
 ) -> tuple[LinearHead, float]:
     """Minimise mean CE + wd/2·||W||² from zero to float32 round-off (hard labels);
-    ``eig`` from ``sampled_feature_eig``; stops at ``||∇F|| <= tol`` or when float32 stops
+    ``eig`` from ``head_solver.feature_eig``; stops at ``||∇F|| <= tol`` or when float32 stops
     making progress. Returns the head and its ``||∇F||`` (computed in float32: it agrees
     with float64 to ~1e-8 at N=50k, d=512)."""
     n, d = z.shape

@@ -24,7 +24,9 @@ class HeadCurvature:
     """Curvature of the victim objective ``F`` at a head, on features ``z`` (labels not needed:
     the CE Hessian depends on the softmax only).
 
-    Parameters are ordered like ``LinearHead.flat()``: ``[vec(W) row-major, b]``.
+    Parameters are ordered like ``LinearHead.flat()``: ``[vec(W) row-major, b]``. ``dtype``:
+    the precision of the passes over ``z`` (float32 for Newton's inner CG, where 1e-7 relative
+    error is far below the CG tolerance and a pass costs a third); vectors stay float64.
     """
 
     def __init__(
@@ -33,13 +35,14 @@ class HeadCurvature:
         z: torch.Tensor,
         weight_decay: float,
         feature_eig: tuple[torch.Tensor, torch.Tensor] | None = None,
+        dtype: torch.dtype = torch.float64,
     ) -> None:
-        self.z = z.detach().to(head.weight.device, torch.float64)
+        self.z = z.detach().to(head.weight.device, dtype)
         self.head = head
         self.k, self.d = head.weight.shape
         self.n = int(self.z.shape[0])
         self.wd = weight_decay
-        self.p = torch.softmax(head.logits(self.z), dim=1)
+        self.p = torch.softmax(self.z @ head.weight.to(dtype).T + head.bias.to(dtype), dim=1)
         # the null direction of H: shifting every bias by the same amount changes nothing
         self.null = torch.zeros(self.k * self.d + self.k, dtype=torch.float64, device=self.z.device)
         self.null[self.k * self.d :] = 1.0 / math.sqrt(self.k)
@@ -54,10 +57,10 @@ class HeadCurvature:
         """``H u`` in O(nkd): logits direction s = U z + c, then (diag p − p pᵀ) s per point."""
         kd = self.k * self.d
         uw, ub = u[:kd].reshape(self.k, self.d), u[kd:]
-        s = self.z @ uw.T + ub
+        s = self.z @ uw.T.to(self.z.dtype) + ub.to(self.z.dtype)
         a = self.p * s - self.p * (self.p * s).sum(dim=1, keepdim=True)
-        hw = a.T @ self.z / self.n + self.wd * uw
-        return torch.cat([hw.reshape(-1), a.sum(dim=0) / self.n])
+        hw = (a.T @ self.z).to(u.dtype) / self.n + self.wd * uw
+        return torch.cat([hw.reshape(-1), a.sum(dim=0).to(u.dtype) / self.n])
 
     def matrix(self) -> torch.Tensor:
         """The explicit Hessian (kd+k)², built class-row by class-row (memory O(n·k·d))."""
@@ -101,7 +104,8 @@ class HeadCurvature:
         plain CG then needs hundreds of iterations; with this, a few dozen.
         """
         if self._kfac is None:
-            abar = torch.diag(self.p.mean(0)) - self.p.T @ self.p / self.n
+            p = self.p.double()
+            abar = torch.diag(p.mean(0)) - p.T @ p / self.n
             la, qa = torch.linalg.eigh(abar)
             if self._feature_eig is None:
                 self._feature_eig = feature_eig(self.z)
@@ -139,11 +143,24 @@ class HeadCurvature:
         return flops <= 1e9
 
 
+GRAM_ROWS = 8192  # rows (at least; 4·d for wide features) sampled for feature_eig
+
+
 def feature_eig(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigen-decomposition of ``Z̃ᵀZ̃/n`` (bias as a constant feature): the head-independent
-    factor of the preconditioner, shared by every Newton step of one follower solve."""
-    zt = torch.cat([z, torch.ones_like(z[:, :1])], 1)
-    return torch.linalg.eigh(zt.T @ zt / z.shape[0])
+    """Eigen-decomposition of ``Z̃ᵀZ̃/n`` (bias as a constant feature; float64 result): the
+    head-independent factor of the Kronecker preconditioners, shared by every Newton step of
+    one solve. Computed in float32 on a strided sample of rows: a preconditioner needs the
+    spectrum's shape, not its last digit, and the full float64 product cost more than the
+    CG it speeds up."""
+    n, d = z.shape
+    step = max(1, n // max(GRAM_ROWS, 4 * (d + 1)))
+    zs = z[::step].to(torch.float32)
+    m = zs.shape[0]
+    c = torch.empty(d + 1, d + 1, dtype=torch.float64, device=z.device)
+    c[:d, :d] = (zs.T @ zs).double() / m
+    mean = zs.sum(0).double() / m
+    c[:d, d], c[d, :d], c[d, d] = mean, mean, 1.0
+    return torch.linalg.eigh(c)
 
 
 def conjugate_gradient(
@@ -212,21 +229,45 @@ def newton_solve(
     yoh = torch.nn.functional.one_hot(y.long(), k).to(zd)
     theta = head.flat().detach().clone()
     loss, g = _objective(theta, zd, yoh, wd, k)
+    z_as = {torch.float64: zd}
     for _ in range(max_steps):
         gnorm = float(g.norm())
         if gnorm <= tol:
             break
         eig = feature_eig(zd) if eig is None else eig
-        curv = HeadCurvature(LinearHead.from_flat(theta, k, d), zd, wd, eig)
-        step = curv.solve_cg(g, iters=cg_iters, tol=min(0.5, math.sqrt(gnorm)))
-        slope = float(g @ step)
-        t = 1.0
-        while t > 1e-10:
-            trial = theta - t * step
-            new_loss, _ = _objective(trial, zd, yoh, wd, k, grad=False)
-            if new_loss <= loss - 1e-4 * t * slope:
+        now = LinearHead.from_flat(theta, k, d)
+        t = None
+        # gradient and line search in float64; the inner CG on float32 curvature first
+        # (inexact Newton needs the step only to the CG tolerance, ≥ 1e-5 relative), float64
+        # when that step fails (a softmax saturated in float32 at a tiny weight decay)
+        for dtype in (torch.float32, torch.float64):
+            z_as.setdefault(dtype, zd.to(dtype))
+            curv = HeadCurvature(now, z_as[dtype], wd, eig, dtype)
+            step = curv.solve_cg(g, iters=cg_iters, tol=min(0.5, math.sqrt(gnorm)))
+            t = _backtrack(theta, step, g, loss, lambda th: _objective(th, zd, yoh, wd, k)[0])
+            if t is not None:
                 break
-            t *= 0.5
+        if t is None:  # no descent direction even in float64: as exact as it gets
+            break
         theta = theta - t * step
         loss, g = _objective(theta, zd, yoh, wd, k)
     return LinearHead.from_flat(theta, k, d)
+
+
+def _backtrack(
+    theta: torch.Tensor,
+    step: torch.Tensor,
+    g: torch.Tensor,
+    loss: float,
+    objective: Callable[[torch.Tensor], float],
+) -> float | None:
+    """Armijo step length along ``-step`` (halving from 1), or None if there is none."""
+    if not bool(torch.isfinite(step).all()):
+        return None
+    slope = float(g @ step)
+    t = 1.0
+    while t > 1e-10:
+        if objective(theta - t * step) <= loss - 1e-4 * t * slope:
+            return t
+        t *= 0.5
+    return None

@@ -207,10 +207,10 @@ def _train_lbfgs(z, y, n_classes, config: VictimConfig, init: LinearHead | None)
 def _train_large_cold(z, y, n_classes: int, config: VictimConfig) -> LinearHead:
     """Preconditioned float32 L-BFGS (``head_lbfgs``), then float64 Newton only if ``tol``
     is below what float32 reaches (~1e-6)."""
-    from .head_lbfgs import lbfgs_float32, sampled_feature_eig
-    from .head_solver import newton_solve
+    from .head_lbfgs import lbfgs_float32
+    from .head_solver import feature_eig, newton_solve
 
-    eig = sampled_feature_eig(z)
+    eig = feature_eig(z)
     wd, tol = config.weight_decay, config.tol
     head, grad_norm = lbfgs_float32(z, y, n_classes, wd, eig, tol=0.5 * tol)
     if grad_norm <= 0.5 * tol:  # half: float32's norm is good to ~1e-8 absolute

@@ -99,11 +99,16 @@ def feature_gc(
     labels: str = "init",
     relabel_every: int = 100,
     tol: float = 1e-8,
+    dtype: torch.dtype = torch.float32,
 ) -> FeatureGCResult:
     """Optimise ζ (started at ``z_init``) so that ŵ = ``head`` becomes the victim's solution.
 
     ``lr`` is relative to ``scale`` (default: the std of ``z_init``), so one value serves
     extractors with very different feature magnitudes. Stops early once the objective < tol.
+    ``dtype``: the working precision. float32 by default: Adam's steps are scale-free and the
+    objective's float32 floor (~1e-12) is far below what stage 2 reaches, while each step
+    costs half or less (and a GPU's float64 rate is a fraction of its float32 rate); the
+    reported objectives are recomputed in the head's precision.
     """
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"stage-2 optimizer={optimizer!r} is unknown; use one of {OPTIMIZERS}")
@@ -112,10 +117,20 @@ def feature_gc(
     if steps < 0 or not lr > 0:
         raise ConfigError(f"stage-2 needs steps ≥ 0 and lr > 0 (got {steps}, {lr})")
     out_dtype = z_init.dtype
-    zeta = project_features(z_init.detach().to(head.weight.dtype), box, norm_cap).clone()
+    exact_head, exact_clean = head, clean
+    head = head.to(dtype=dtype)
+    clean = CleanGradient(clean.weight.to(dtype), clean.bias.to(dtype), clean.n_clean)
+    zeta = project_features(z_init.detach().to(dtype), box, norm_cap).clone()
     y = y_init.to(zeta.device).long()
+
+    def exact(z: torch.Tensor, y: torch.Tensor) -> float:  # the reported values: float64
+        return float(
+            gc_loss(exact_head, exact_clean, z.to(exact_head.weight.dtype), y, weight_decay)
+        )
+
     if labels == "optimal":
         y = relabel(head, clean, zeta, y, weight_decay)
+    init_obj = exact(zeta, y)
     if scale is None:
         scale = float(z_init.float().std()) or 1.0
     lr_abs = lr * scale
@@ -123,8 +138,7 @@ def feature_gc(
     def objective(z: torch.Tensor) -> float:
         return float(gc_loss(head, clean, z, y, weight_decay))
 
-    init_obj = objective(zeta)
-    best_obj, best_z, best_y = init_obj, zeta.clone(), y.clone()
+    best_obj, best_z, best_y = objective(zeta), zeta.clone(), y.clone()
     adam = _Adam(zeta) if optimizer == "adam" else None
     ran = 0
     for t in range(steps):
@@ -148,10 +162,12 @@ def feature_gc(
     final = objective(zeta)
     if final < best_obj:
         best_obj, best_z, best_y = final, zeta.clone(), y.clone()
+    # back in the caller's precision, inside the box exactly (its float32 rounding may not be)
+    best_z = project_features(best_z.to(out_dtype), box, norm_cap)
     return FeatureGCResult(
-        z=best_z.to(out_dtype),
+        z=best_z,
         y=best_y,
-        objective=best_obj,
+        objective=exact(best_z, best_y),
         init_objective=init_obj,
         steps_run=ran,
     )

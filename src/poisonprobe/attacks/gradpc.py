@@ -71,9 +71,13 @@ def gradpc(
     theta0 = clean_head.flat().to(z.device, torch.float64)
     base_lr = radius / 5.0 if lr is None else lr
     a = torch.zeros_like(theta0)
+    # only the gradient's direction (L2) or sign (L∞) is used: float32 passes over z, a
+    # third of float64's cost, change it by ~1e-7
+    z32 = z.detach().to(torch.float32)
     for t in range(steps):
         step = base_lr * 0.5 * (1.0 + math.cos(math.pi * t / steps))
-        g = clean_loss_gradient(LinearHead.from_flat(theta0 + a, k, d), z, y)
+        head32 = LinearHead.from_flat(theta0 + a, k, d).to(dtype=torch.float32)
+        g = clean_loss_gradient(head32, z32, y).to(torch.float64)
         if norm == "l2":
             a = a + step * g / g.norm().clamp_min(1e-30)
             a = a * min(1.0, radius / max(float(a.norm()), 1e-30))
