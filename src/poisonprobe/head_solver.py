@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from .victim import LinearHead
+from .victim import LinearHead, row_softmax
 
 # ---------------------------------------------------------------------------------------------
 # follower curvature: Hessian-vector products, explicit Hessian, solves
@@ -42,7 +42,7 @@ class HeadCurvature:
         self.k, self.d = head.weight.shape
         self.n = int(self.z.shape[0])
         self.wd = weight_decay
-        self.p = torch.softmax(self.z @ head.weight.to(dtype).T + head.bias.to(dtype), dim=1)
+        self.p = row_softmax(self.z @ head.weight.to(dtype).T + head.bias.to(dtype))
         # the null direction of H: shifting every bias by the same amount changes nothing
         self.null = torch.zeros(self.k * self.d + self.k, dtype=torch.float64, device=self.z.device)
         self.null[self.k * self.d :] = 1.0 / math.sqrt(self.k)
@@ -198,7 +198,7 @@ def _objective(
     """The victim objective F and its flat gradient (closed form, float64)."""
     d = z.shape[1]
     w, b = theta[: k * d].reshape(k, d), theta[k * d :]
-    logp = torch.log_softmax(z @ w.T + b, dim=1)
+    logp = row_softmax(z @ w.T + b, log=True)
     n = z.shape[0]
     loss = float(-(yoh * logp).sum() / n + 0.5 * wd * (w**2).sum())
     if not grad:

@@ -77,6 +77,16 @@ class VictimConfig:
             )
 
 
+def row_softmax(logits: torch.Tensor, log: bool = False) -> torch.Tensor:
+    """(Log-)softmax over the classes of (n, k) logits, run along contiguous memory on the CPU:
+    PyTorch's CPU kernel over a short last dimension (k = 10) is 4-8x slower than over the
+    first dimension of the transposed copy. Same values; returns a transposed view."""
+    fn = torch.log_softmax if log else torch.softmax
+    if logits.device.type != "cpu" or logits.ndim != 2:
+        return fn(logits, dim=1)
+    return fn(logits.T.contiguous(), dim=0).T
+
+
 def _targets(y: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
     """Integer labels -> one-hot; soft labels (n, k) pass through."""
     if y.dtype.is_floating_point and y.ndim == 2:
@@ -93,7 +103,7 @@ def gradient_sums(
     through it once; no double backprop is needed).
     """
     z = z.to(head.weight.dtype)
-    resid = torch.softmax(head.logits(z), dim=1) - _targets(y, head.n_classes, z.dtype)
+    resid = row_softmax(head.logits(z)) - _targets(y, head.n_classes, z.dtype)
     return resid.T @ z, resid.sum(dim=0)
 
 
@@ -102,7 +112,7 @@ def per_point_gradients(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-point CE gradients: ``(p_i - y_i) z_i^T`` (n, k, d) and ``p_i - y_i`` (n, k)."""
     z = z.to(head.weight.dtype)
-    resid = torch.softmax(head.logits(z), dim=1) - _targets(y, head.n_classes, z.dtype)
+    resid = row_softmax(head.logits(z)) - _targets(y, head.n_classes, z.dtype)
     return resid[:, :, None] * z[:, None, :], resid
 
 
@@ -188,7 +198,7 @@ def _train_lbfgs(z, y, n_classes, config: VictimConfig, init: LinearHead | None)
         w = theta.detach()[: n_classes * d].reshape(n_classes, d)
         b = theta.detach()[n_classes * d :]
         logits = zd @ w.T + b
-        logp = torch.log_softmax(logits, dim=1)
+        logp = row_softmax(logits, log=True)
         loss = -(yoh * logp).sum() / n + 0.5 * wd * (w**2).sum()
         resid = (logp.exp() - yoh) / n
         grad = torch.cat([(resid.T @ zd + wd * w).reshape(-1), resid.sum(0)])

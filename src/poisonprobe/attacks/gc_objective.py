@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..victim import LinearHead, gradient_sums
+from ..victim import LinearHead, gradient_sums, row_softmax
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def gc_loss_and_grad(
     """
     w = head.weight
     z = z_poison.to(w.dtype)
-    p = torch.softmax(z @ w.T + head.bias, dim=1)
+    p = row_softmax(z @ w.T + head.bias)
     s = p.clone()
     s[torch.arange(z.shape[0], device=z.device), y_poison.long()] -= 1.0
     n_p = int(z.shape[0])
