@@ -85,9 +85,10 @@ def lbfgs_float32(
         for _ in range(MAX_HALVINGS):  # Armijo backtracking; the unit step is the rule
             trial = v + step * direction
             new_loss, new_g, new_norm = evaluate(trial)
-            # near the optimum the loss change drowns in float32 noise: a smaller gradient
-            # is then the evidence of progress
-            if new_loss <= loss + 1e-4 * step * slope or new_norm < norm:
+            # near the optimum the loss change drowns in float32 noise (~1e-7 relative): a
+            # smaller gradient at a loss equal within that noise is then the evidence
+            within_noise = new_loss <= loss + 1e-6 * abs(loss)
+            if new_loss <= loss + 1e-4 * step * slope or (new_norm < norm and within_noise):
                 accepted = True
                 break
             step *= 0.5
