@@ -31,7 +31,7 @@ def label_flip(ctx: AttackContext, mode: str = "confusable") -> PoisonSet:
     else:
         shift = torch.randint(1, ctx.n_classes, (len(idx),), generator=gen)
         y = (y_true + shift) % ctx.n_classes
-    return PoisonSet(y=y, x=ctx.train.x[idx].clone(), base_idx=idx)
+    return PoisonSet(y=y, x=ctx.train.x[idx], base_idx=idx)  # indexing by a tensor copies
 
 
 @register_attack("random-noise", regimes=("box",))
@@ -40,6 +40,8 @@ def random_noise(ctx: AttackContext) -> PoisonSet:
     gen = ctx.generator("random-noise")
     dom = ctx.threat.domain
     shape = (ctx.n_poison, *dom.shape)
-    x = dom.low + (dom.high - dom.low) * torch.rand(shape, generator=gen)
+    # in place: the same values as ``low + (high - low) * rand`` without two more poison-set
+    # sized temporaries
+    x = torch.rand(shape, generator=gen).mul_(dom.high - dom.low).add_(dom.low)
     y = torch.randint(ctx.n_classes, (ctx.n_poison,), generator=gen)
     return PoisonSet(y=y, x=x)

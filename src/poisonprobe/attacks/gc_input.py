@@ -85,7 +85,7 @@ def init_poisons(
     elif labels == "random":
         shift = torch.randint(1, ctx.n_classes, (n,), generator=gen)
         y = (y + shift) % ctx.n_classes
-    return idx, ctx.train.x[idx].clone().to(ctx.device), y.to(ctx.device)
+    return idx, ctx.train.x[idx].to(ctx.device), y.to(ctx.device)  # indexing copies
 
 
 def cosine_lr(lr: float, step: int, total: int, floor: float = 0.01) -> float:
@@ -98,7 +98,10 @@ class PixelOptimizer:
     """Descent on images with Adam or sign steps, then the regime's projection.
 
     Keeping this in one place guarantees every attack projects after *every* step, which is
-    what the ``box`` countermeasure means.
+    what the ``box`` countermeasure means. ``step`` never writes into an ``x`` it returned
+    before (each step's images are a fresh tensor), so callers may keep a returned ``x`` as
+    their best iterate without cloning it; its update is computed in place in one buffer, so
+    a step costs two poison-set sized temporaries (the out-of-place formula cost six).
     """
 
     def __init__(
@@ -115,7 +118,7 @@ class PixelOptimizer:
         if not lr > 0:
             raise ConfigError(f"lr={lr} must be > 0")
         self.ctx, self.start, self.method, self.lr, self.steps = ctx, start, method, lr, steps
-        self.x = ctx.threat.project(x.detach().clone(), start)
+        self.x = ctx.threat.project_(x.detach().clone(), start)
         self.t = 0
         self.m = torch.zeros_like(self.x)
         self.v = torch.zeros_like(self.x)
@@ -126,14 +129,15 @@ class PixelOptimizer:
         self.t += 1
         if self.method == "sign":
             upd = grad.sign()
-        else:
+        else:  # upd = mhat / (sqrt(vhat) + 1e-12), the same operations in two buffers
             b1, b2 = 0.9, 0.999
             self.m.mul_(b1).add_(grad, alpha=1 - b1)
             self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-            mhat = self.m / (1 - b1**self.t)
-            vhat = self.v / (1 - b2**self.t)
-            upd = mhat / (vhat.sqrt() + 1e-12)
-        self.x = self.ctx.threat.project(self.x - lr * upd, self.start)
+            denom = torch.div(self.v, 1 - b2**self.t).sqrt_().add_(1e-12)
+            upd = torch.div(self.m, 1 - b1**self.t).div_(denom)
+            del denom
+        x = torch.sub(self.x, upd.mul_(lr), out=upd)  # x - lr * upd, into a fresh tensor
+        self.x = self.ctx.threat.project_(x, self.start)
         return self.x
 
 
@@ -299,32 +303,34 @@ def gc_input(
         head, y, x0, idx, meta = ft_feasible_target(ctx)
         t_target = time.perf_counter() - t_all
         t0 = time.perf_counter()
-        y, x0 = y.to(ctx.device), x0.clone().to(ctx.device)
+        y, x0 = y.to(ctx.device), x0.to(ctx.device)  # read-only: the optimiser copies it
     else:
         head, meta, seed = induced_target(ctx)
         t_target = time.perf_counter() - t_all
         t0 = time.perf_counter()
         assert seed.base_idx is not None
         idx, y = seed.base_idx, seed.y.to(ctx.device)
-        x0 = ctx.train.x[idx].clone().to(ctx.device)
+        x0 = ctx.train.x[idx].to(ctx.device)  # indexing copies
     z_clean = ctx.z_train
     loss_fn = gc_objective_fn(head, z_clean, ctx.train.y.to(z_clean.device), y, ctx.victim)
     opt = PixelOptimizer(ctx, x0, x0, optimizer, lr, steps)
-    best_x, best, first = opt.x.clone(), float("inf"), None
+    # opt.step never mutates an x it returned: keeping a reference is keeping a copy
+    best_x, best, first = opt.x, float("inf"), None
     done = 0
     for _ in ctx.iterate(steps, "gc-input"):
         loss, gx, _ = feature_loss_and_grad(ctx, opt.x, loss_fn)
         first = loss if first is None else first
         if loss < best:
-            best, best_x = loss, opt.x.clone()
+            best, best_x = loss, opt.x
         if loss < tol:
             break
         opt.step(gx)
+        del gx  # before the next gradient is allocated
         done += 1
     with torch.no_grad():  # the last step's result has not been scored yet
         final = float(loss_fn(ctx.encode(opt.x)))
     if final < best:
-        best, best_x = final, opt.x.clone()
+        best, best_x = final, opt.x
     seconds = time.perf_counter() - t0
     info = {
         **meta,

@@ -327,15 +327,17 @@ def tgda(
         with torch.no_grad():
             x = ctx.threat.project(net(x0, y_p), x0)
 
-    best_x, best_loss = x.detach().clone(), -math.inf
+    # every step makes a fresh x (PixelOptimizer.step, or the generator's forward pass) and
+    # never writes into an old one: the best iterate is kept by reference, not by a copy
+    best_x, best_loss = x.detach(), -math.inf
     step_times: list[float] = []
     for t in ctx.iterate(leader_steps, "tgda"):
         t0 = time.perf_counter()
         _, gx, _ = feature_loss_and_grad(ctx, x, surrogate)  # gx = d𝓛/dx (ascent direction)
         if history[-1] > best_loss:
-            best_loss, best_x = history[-1], x.detach().clone()
+            best_loss, best_x = history[-1], x.detach()
         if opt is not None:
-            x = opt.step(-gx)
+            x = opt.step(gx.neg_())  # descent on -d𝓛/dx; gx is not used again
         else:  # chain the total gradient through the generator: dL/dφ = (dx/dφ)ᵀ dL/dx
             for group in gopt.param_groups:
                 group["lr"] = cosine_lr(lr, t, leader_steps)
@@ -344,13 +346,14 @@ def tgda(
             gopt.step()
             with torch.no_grad():
                 x = ctx.threat.project(net(x0, y_p), x0)
+        del gx  # before the next leader step allocates its gradient
         step_times.append(time.perf_counter() - t0)
     with torch.no_grad():  # score the last leader step too
         z_last = ctx.encode(x)
         head = follower_update(head, prob, z_last, y_p, follower, follower_steps)
         last_loss, _ = val_loss_and_grad(head, prob.z_val, prob.y_val, prob.leader_loss)
     if last_loss > best_loss:
-        best_loss, best_x = last_loss, x.detach().clone()
+        best_loss, best_x = last_loss, x.detach()
     total = time.perf_counter() - t_all
     loop = sum(step_times)
     info = {

@@ -21,6 +21,7 @@ import torch
 
 from ..attacks import AttackContext, PoisonSet, ThreatModel, get_attack
 from ..data import DatasetSplits, load_dataset
+from ..data.base import check_images, images_in_box
 from ..defenses import DefenseInput, DefenseSpec, apply_defense, parse_defense
 from ..errors import ConfigError, DataError, PoisonProbeError, check_device
 from ..extractors import Extractor
@@ -168,7 +169,7 @@ def encode_poisons(prep: Prepared, poison: PoisonSet, batch_size: int) -> torch.
         return poison.z.detach().to(prep.z_train.device, torch.float32)
     from ..extractors.cache import encode_batched
 
-    prep.target.domain.check(poison.x, "poison images")
+    check_images(prep.target.domain, poison.x, "poison images")
     return encode_batched(prep.extractor, poison.x, batch_size).to(prep.z_train.device)
 
 
@@ -182,7 +183,7 @@ def build_training_set(prep: Prepared, poison: PoisonSet | None, batch_size: int
     zp = encode_poisons(prep, poison, batch_size)
     yp = poison.y.to(z.device).long()
     boxp = (
-        prep.target.domain.contains(poison.x).to(z.device)
+        images_in_box(prep.target.domain, poison.x).to(z.device)
         if poison.x is not None
         else torch.ones(len(poison), dtype=torch.bool, device=z.device)
     )
@@ -458,6 +459,9 @@ def _run_seed(
                     store.append(row)
                     reporter.advance()
                 reporter.advance(len(defenses) - len(todo))
+                # free this cell's poisons (15k CIFAR images: ~180 MB) before the next attack
+                # allocates its own, instead of when the names are rebound
+                del poison, ts
     if projected:
         from ..report.plots import save_feature_projection
 
@@ -470,6 +474,9 @@ def _run_seed(
         )
 
 
+GRID_COLUMNS = 8  # poisons shown in each image grid
+
+
 def _record_figures(prep, attack, regime, eps, poison, ts, out_dir, projected) -> None:
     """Image grid of clean starts vs poisons, and poison features for the projection plot."""
     from ..report.plots import save_poison_grid
@@ -477,12 +484,14 @@ def _record_figures(prep, attack, regime, eps, poison, ts, out_dir, projected) -
     projected[f"{attack} [{regime}]"] = ts.z[ts.is_poison]
     if poison.x is not None and poison.base_idx is not None:
         name = _figure_name("grid", prep.setting.name, prep.ext_cfg.label, attack, regime)
+        shown = poison.base_idx[:GRID_COLUMNS].cpu()  # not a copy of every start image
         save_poison_grid(
-            prep.target.train.x[poison.base_idx.cpu()],
-            poison.x,
-            poison.y,
+            prep.target.train.x[shown],
+            poison.x[:GRID_COLUMNS],
+            poison.y[:GRID_COLUMNS],
             out_dir / f"{name}.png",
             f"{prep.setting.name} · {attack} [{regime}] · eps={eps}",
+            n=GRID_COLUMNS,
         )
 
 
