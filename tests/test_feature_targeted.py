@@ -380,3 +380,21 @@ def test_in_place_adam_matches_torch_adam():
         opt.step()
         adam.step(g, lr)
     assert torch.allclose(ours, ref.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_relabel_equals_brute_force_coordinate_descent():
+    """Oracle: for each point in order, evaluate gc_loss under every label and keep the best."""
+    z, y, g = blobs()
+    wd = 1e-2
+    head = gradpc(train_head(z, y, 3, VictimConfig(weight_decay=wd)), z, y, 0.5)
+    clean = clean_gradient(head, z, y, wd)
+    idx = torch.randperm(len(z), generator=g)[:15]
+    zp, labels = z[idx], y[idx].clone()
+    for j in range(len(zp)):
+        losses = []
+        for c in range(3):
+            trial = labels.clone()
+            trial[j] = c
+            losses.append(float(gc_loss(head, clean, zp, trial, wd)))
+        labels[j] = int(torch.tensor(losses).argmin())
+    assert torch.equal(relabel(head, clean, zp, y[idx], wd), labels)

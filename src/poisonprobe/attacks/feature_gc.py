@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -66,22 +67,31 @@ def relabel(
     y: torch.Tensor,
     weight_decay: float,
 ) -> torch.Tensor:
-    """One sequential pass of exact coordinate descent over the poisons' labels."""
+    """One sequential pass of exact coordinate descent over the poisons' labels.
+
+    Runs on host numpy arrays whatever the device: each point is a few O(kd) operations, and
+    NumPy's per-call cost (~1 µs) is a tenth of a torch op's, so the pass is ~5x faster than
+    with tensors (and one host round trip on a GPU instead of one per point).
+    """
     z = z.detach().to(head.weight.dtype)
-    y = y.clone().to(z.device)
     with torch.no_grad():
-        rw, rb = gc_residual(head, clean, z, y, weight_decay)
-        rw, rb = rw.clone(), rb.clone()
-        ones = torch.ones(1, dtype=z.dtype, device=z.device)
-        for j in range(z.shape[0]):  # tensor indices only: no host sync per point on GPU
-            zj, old = z[j : j + 1], y[j : j + 1]
-            rw.index_add_(0, old, zj)  # drop point j's label term −e_old [ζ_j, 1]...
-            rb.index_add_(0, old, ones)  # ...(its p part stays)
-            new = (rw @ zj[0] + rb).argmax().reshape(1)  # ‖R'' − e_y[ζ_j, 1]‖² is least here
-            rw.index_add_(0, new, -zj)
-            rb.index_add_(0, new, -ones)
-            y[j : j + 1] = new
-    return y
+        rw_t, rb_t = gc_residual(head, clean, z, y.to(z.device), weight_decay)
+    rw, rb = rw_t.cpu().numpy().copy(), rb_t.cpu().numpy().copy()
+    zs = z.cpu().numpy()
+    own = (zs * zs).sum(1) + 1.0  # ‖[ζ_j, 1]‖²: point j's own label term in its score
+    labels = y.detach().cpu().numpy().astype(np.int64)
+    for j in range(zs.shape[0]):
+        zj, old = zs[j], labels[j]
+        score = rw @ zj + rb  # (R'' − e_old[ζ_j, 1]) [ζ_j, 1], then add the label term back
+        score[old] += own[j]
+        new = int(score.argmax())  # ‖R'' − e_new[ζ_j, 1]‖² is least here
+        if new != old:
+            rw[old] += zj
+            rb[old] += 1.0
+            rw[new] -= zj
+            rb[new] -= 1.0
+            labels[j] = new
+    return torch.from_numpy(labels).to(y.device)
 
 
 def feature_gc(
@@ -120,6 +130,9 @@ def feature_gc(
     exact_head, exact_clean = head, clean
     head = head.to(dtype=dtype)
     clean = CleanGradient(clean.weight.to(dtype), clean.bias.to(dtype), clean.n_clean)
+    out_box = box
+    if box is not None:  # converted once, not at every step's projection
+        box = FeatureBox(box.low.to(z_init.device, dtype), box.high.to(z_init.device, dtype))
     zeta = project_features(z_init.detach().to(dtype), box, norm_cap).clone()
     y = y_init.to(zeta.device).long()
 
@@ -163,7 +176,7 @@ def feature_gc(
     if final < best_obj:
         best_obj, best_z, best_y = final, zeta.clone(), y.clone()
     # back in the caller's precision, inside the box exactly (its float32 rounding may not be)
-    best_z = project_features(best_z.to(out_dtype), box, norm_cap)
+    best_z = project_features(best_z.to(out_dtype), out_box, norm_cap)
     return FeatureGCResult(
         z=best_z,
         y=best_y,

@@ -11,6 +11,7 @@ by moving the poisons; we report it relative to the clean part's norm.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,14 @@ class CleanGradient:
     n_clean: int
 
     def norm(self) -> float:
-        return float(torch.sqrt((self.weight**2).sum() + (self.bias**2).sum()))
+        return math.sqrt(self.squared_norm())
+
+    def squared_norm(self) -> float:
+        """``‖R_clean‖²`` (at least 1e-30), computed once: GC divides by it every step."""
+        if "_sq" not in self.__dict__:
+            sq = float((self.weight**2).sum() + (self.bias**2).sum())
+            object.__setattr__(self, "_sq", max(sq, 1e-30))
+        return self.__dict__["_sq"]
 
 
 def clean_gradient(
@@ -85,7 +93,7 @@ def gc_loss_and_grad(
     n_p = int(z.shape[0])
     rw = clean.weight + s.T @ z + weight_decay * n_p * w
     rb = clean.bias + s.sum(0)
-    denom = float(((clean.weight**2).sum() + (clean.bias**2).sum()).clamp_min(1e-30))
+    denom = clean.squared_norm()
     u = z @ rw.T + rb
     pu = p * u
     a_u = pu - p * pu.sum(1, keepdim=True)

@@ -98,7 +98,7 @@ class FeatureBox:
     def project(self, z: torch.Tensor) -> torch.Tensor:
         low = self.low.to(z.device, z.dtype)
         high = self.high.to(z.device, z.dtype)
-        return torch.max(torch.min(z, high), low)
+        return torch.clamp(z, low, high)
 
 
 @dataclass(frozen=True)
