@@ -153,12 +153,16 @@ def test_gc_near_zero_objective_makes_target_the_victims_solution():
     assert target.accuracy(z, y) < train_head(z, y, 3, cfg).accuracy(z, y) - 0.02  # it did harm
 
 
-def test_relabel_never_increases_the_objective_and_box_is_respected():
+def _blob_target(n_poison: int, wd: float = 1e-2):
+    """Blobs, a GradPC target head on them, its clean gradient and poison start indices."""
     z, y, g = blobs()
-    wd = 1e-2
     head = gradpc(train_head(z, y, 3, VictimConfig(weight_decay=wd)), z, y, 0.5)
     clean = clean_gradient(head, z, y, wd)
-    idx = torch.randperm(len(z), generator=g)[:40]
+    return z, y, head, clean, torch.randperm(len(z), generator=g)[:n_poison], wd
+
+
+def test_relabel_never_increases_the_objective_and_box_is_respected():
+    z, y, head, clean, idx, wd = _blob_target(40)
     before = float(gc_loss(head, clean, z[idx], y[idx], wd))
     y2 = relabel(head, clean, z[idx], y[idx], wd)
     assert float(gc_loss(head, clean, z[idx], y2, wd)) <= before + 1e-12
@@ -384,11 +388,7 @@ def test_in_place_adam_matches_torch_adam():
 
 def test_relabel_equals_brute_force_coordinate_descent():
     """Oracle: for each point in order, evaluate gc_loss under every label and keep the best."""
-    z, y, g = blobs()
-    wd = 1e-2
-    head = gradpc(train_head(z, y, 3, VictimConfig(weight_decay=wd)), z, y, 0.5)
-    clean = clean_gradient(head, z, y, wd)
-    idx = torch.randperm(len(z), generator=g)[:15]
+    z, y, head, clean, idx, wd = _blob_target(15)
     zp, labels = z[idx], y[idx].clone()
     for j in range(len(zp)):
         losses = []
