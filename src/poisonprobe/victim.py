@@ -87,7 +87,7 @@ def row_softmax(logits: torch.Tensor, log: bool = False) -> torch.Tensor:
     return fn(logits.T.contiguous(), dim=0).T
 
 
-def _targets(y: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
+def label_targets(y: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
     """Integer labels -> one-hot; soft labels (n, k) pass through."""
     if y.dtype.is_floating_point and y.ndim == 2:
         return y.to(dtype)
@@ -103,7 +103,7 @@ def gradient_sums(
     through it once; no double backprop is needed).
     """
     z = z.to(head.weight.dtype)
-    resid = row_softmax(head.logits(z)) - _targets(y, head.n_classes, z.dtype)
+    resid = row_softmax(head.logits(z)) - label_targets(y, head.n_classes, z.dtype)
     return resid.T @ z, resid.sum(dim=0)
 
 
@@ -112,7 +112,7 @@ def per_point_gradients(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-point CE gradients: ``(p_i - y_i) z_i^T`` (n, k, d) and ``p_i - y_i`` (n, k)."""
     z = z.to(head.weight.dtype)
-    resid = row_softmax(head.logits(z)) - _targets(y, head.n_classes, z.dtype)
+    resid = row_softmax(head.logits(z)) - label_targets(y, head.n_classes, z.dtype)
     return resid[:, :, None] * z[:, None, :], resid
 
 
@@ -177,7 +177,7 @@ def _train_lbfgs(z, y, n_classes, config: VictimConfig, init: LinearHead | None)
         )
         if _gradient_norm(head, zd, y, config.weight_decay) <= config.tol:
             return head
-    yoh = _targets(y, n_classes, torch.float64)
+    yoh = label_targets(y, n_classes, torch.float64)
     n, d = zd.shape
     theta = torch.zeros(n_classes * d + n_classes, dtype=torch.float64, device=zd.device)
     if init is not None:

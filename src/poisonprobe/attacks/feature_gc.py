@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..victim import LinearHead
+from ..victim import LinearHead, label_targets
 from .gc_objective import CleanGradient, gc_loss, gc_loss_and_grad, gc_residual
 from .poisonability import FeatureBox
 
@@ -152,6 +152,7 @@ def feature_gc(
         return float(gc_loss(head, clean, z, y, weight_decay))
 
     best_obj, best_z, best_y = objective(zeta), zeta.clone(), y.clone()
+    targets = label_targets(y, head.n_classes, dtype)  # one-hot, rebuilt only on relabelling
     adam = _Adam(zeta) if optimizer == "adam" else None
     ran = 0
     for t in range(steps):
@@ -160,7 +161,8 @@ def feature_gc(
         frac = 0.5 * (1.0 + math.cos(math.pi * t / steps))
         if labels == "optimal" and relabel_every > 0 and t > 0 and t % relabel_every == 0:
             y = relabel(head, clean, zeta, y, weight_decay)
-        value, grad = gc_loss_and_grad(head, clean, zeta, y, weight_decay)
+            targets = label_targets(y, head.n_classes, dtype)
+        value, grad = gc_loss_and_grad(head, clean, zeta, targets, weight_decay)
         if value < best_obj:
             best_obj, best_z, best_y = value, zeta.clone(), y.clone()
         if adam is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..victim import LinearHead, gradient_sums, row_softmax
+from ..victim import LinearHead, gradient_sums, label_targets, row_softmax
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,7 @@ def gc_loss_and_grad(
     w = head.weight
     z = z_poison.to(w.dtype)
     p = row_softmax(z @ w.T + head.bias)
-    s = p.clone()
-    s[torch.arange(z.shape[0], device=z.device), y_poison.long()] -= 1.0
+    s = p - label_targets(y_poison, w.shape[0], p.dtype)  # labels, or their one-hot (n, k)
     n_p = int(z.shape[0])
     rw = clean.weight + s.T @ z + weight_decay * n_p * w
     rb = clean.bias + s.sum(0)
