@@ -845,6 +845,14 @@ def _cases() -> list[Case]:
         ),
     )
     add(
+        "npz: images too small for the extractor",
+        "x_train of shape (12, 1, 1) with smallcnn",
+        "cannot take 1×1",
+        lambda d: run_npz(
+            d, x_train=np.zeros((12, 1, 1), np.uint8), x_test=np.zeros((4, 1, 1), np.uint8)
+        ),
+    )
+    add(
         "npz: NaN pixels",
         "one NaN in float x_train",
         "NaN",

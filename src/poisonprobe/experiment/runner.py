@@ -77,15 +77,18 @@ def obtain_extractor(
     reporter: Reporter,
 ) -> tuple[Extractor, str | None, str | None, dict[str, float]]:
     """Load the configured checkpoint, or pre-train with SSL on the source (cached)."""
+    from ..extractors.archs import build_extractor, check_image_size
     from ..extractors.checkpoints import checkpoint_sha256, load_extractor
     from ..extractors.pretrain import get_or_pretrain
 
     t0 = time.perf_counter()
     if ext_cfg.checkpoint:
         ext = load_extractor(ext_cfg.checkpoint, ext_cfg.arch, source.domain)
+        check_image_size(ext)
         path = ext_cfg.checkpoint
         hit = True
     else:
+        check_image_size(build_extractor(ext_cfg.arch, source.domain))  # before pre-training
         ext, path, hit = get_or_pretrain(
             source.train,
             arch=ext_cfg.arch,

@@ -122,3 +122,25 @@ def build_extractor(arch: str, domain: InputDomain, seed: int = 0, **arch_kwargs
         torch.manual_seed(seed)
         backbone, dim = build_backbone(arch, domain.channels, **arch_kwargs)
     return Extractor(backbone, domain, arch, dim)
+
+
+def check_image_size(extractor: Extractor) -> None:
+    """Refuse images the network shrinks to nothing, before any pre-training or encoding (a
+    traceback from a pooling layer minutes later would not say what to change)."""
+    domain = extractor.domain
+    device = next(extractor.parameters()).device
+    probe = torch.full((2, domain.channels, domain.height, domain.width), domain.low)
+    probe = probe.to(device)
+    was_training = extractor.training
+    extractor.eval()
+    try:
+        with torch.no_grad():
+            extractor(probe)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"extractor {extractor.arch!r} cannot take {domain.height}×{domain.width} images "
+            f"({str(err).splitlines()[0][:120]}); use larger images, e.g. render the dataset "
+            "with SPEC@CxHxW (digits@1x32x32)"
+        ) from None
+    finally:
+        extractor.train(was_training)

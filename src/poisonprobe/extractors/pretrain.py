@@ -26,7 +26,7 @@ from torch import nn
 
 from ..data.base import ImageDataset
 from ..errors import CheckpointError, ConfigError, PoisonProbeError
-from .archs import Extractor, build_extractor
+from .archs import Extractor, build_extractor, check_image_size
 from .augment import Augment, AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,7 @@ def _pretrain(
     progress: Progress,
 ) -> Extractor:
     ext = build_extractor(arch, train.domain, seed, **cfg.arch_kwargs)
+    check_image_size(ext)
     if cfg.epochs == 0:
         return ext.eval()
     with torch.random.fork_rng(devices=[]):
