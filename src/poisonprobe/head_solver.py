@@ -241,7 +241,8 @@ def newton_solve(
         # (inexact Newton needs the step only to the CG tolerance, ≥ 1e-5 relative), float64
         # when that step fails (a softmax saturated in float32 at a tiny weight decay)
         for dtype in (torch.float32, torch.float64):
-            z_as.setdefault(dtype, zd.to(dtype))
+            if dtype not in z_as:  # converted once per solve, not once per Newton step
+                z_as[dtype] = zd.to(dtype)
             curv = HeadCurvature(now, z_as[dtype], wd, eig, dtype)
             step = curv.solve_cg(g, iters=cg_iters, tol=min(0.5, math.sqrt(gnorm)))
             t = _backtrack(theta, step, g, loss, lambda th: _objective(th, zd, yoh, wd, k)[0])
