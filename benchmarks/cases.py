@@ -80,6 +80,16 @@ def attack_ctx(extractor, train, z, head, eps: float, regime: str, memo: dict) -
     )
 
 
+def digits_poison_start(eps: float):
+    """The digits finetune setting in float64, its weight decay, and the fixed clean indices
+    (seed 0) that ``round(eps·N)`` poisons start from — shared by cases (1) and (3)."""
+    prep, cfg = digits_setting("finetune")
+    z, y = prep.z_train.double(), prep.target.train.y
+    n_p = round(eps * len(y))
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:n_p]
+    return prep, cfg.victim.weight_decay, z, y, idx
+
+
 # ------------------------------------------------------------------- (1) feature-space GC
 
 
@@ -109,12 +119,9 @@ def case_feature_gc(b: Budget) -> Section:
             "ratio (baseline / this)",
         ],
     )
-    prep, cfg = digits_setting("finetune")
-    wd = cfg.victim.weight_decay
-    z, y = prep.z_train.double(), prep.target.train.y
-    n, eps = len(y), 0.1
-    n_p = round(eps * n)
-    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:n_p]
+    eps = 0.1
+    prep, wd, z, y, idx = digits_poison_start(eps)
+    n, n_p = len(y), len(idx)
     z0, y0 = prep.z_train[idx], y[idx]
     head0 = prep.clean_head.to(dtype=torch.float64)
     box = FeatureBox.from_features(prep.z_train)
@@ -302,12 +309,8 @@ def case_tgda(b: Budget) -> Section:
             "ratio (CG / exact)",
         ],
     )
-    prep, cfg = digits_setting("finetune")
-    wd = cfg.victim.weight_decay
-    zc_full, yc = prep.z_train.double(), prep.target.train.y
-    n = len(yc)
-    n_p = round(0.1 * n)
-    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:n_p]
+    prep, wd, zc_full, yc, idx = digits_poison_start(0.1)
+    n, n_p = len(yc), len(idx)
     yp = (yc[idx] + 1) % 10
     order = zc_full.var(0).argsort(descending=True)
     tol = 1e-6
