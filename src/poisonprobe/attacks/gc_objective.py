@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -28,14 +29,12 @@ class CleanGradient:
     n_clean: int
 
     def norm(self) -> float:
-        return math.sqrt(self.squared_norm())
+        return math.sqrt(self.squared_norm)
 
+    @cached_property
     def squared_norm(self) -> float:
-        """``‖R_clean‖²`` (at least 1e-30), computed once: GC divides by it every step."""
-        if "_sq" not in self.__dict__:
-            sq = float((self.weight**2).sum() + (self.bias**2).sum())
-            object.__setattr__(self, "_sq", max(sq, 1e-30))
-        return self.__dict__["_sq"]
+        """``‖R_clean‖²``, computed once: feature GC divides by it at every step."""
+        return float((self.weight**2).sum() + (self.bias**2).sum())
 
 
 def clean_gradient(
@@ -92,7 +91,7 @@ def gc_loss_and_grad(
     n_p = int(z.shape[0])
     rw = clean.weight + s.T @ z + weight_decay * n_p * w
     rb = clean.bias + s.sum(0)
-    denom = clean.squared_norm()
+    denom = max(clean.squared_norm, 1e-30)
     u = z @ rw.T + rb
     pu = p * u
     a_u = pu - p * pu.sum(1, keepdim=True)
