@@ -267,6 +267,43 @@ def test_max_and_min_cancellation_bound_random_feasible_gaps():
     assert torch.allclose(phi.detach().max(0).values, best, atol=1e-4)
 
 
+def test_max_cancellation_is_the_root_of_h_and_matches_a_dense_grid():
+    """φ(D(t)) along the KKT curve is unimodal (rises while h = 1 + φ − t ≥ 0, falls after),
+    so the multisection's answer must equal a brute-force dense-grid maximum, for labels with
+    finite, half-infinite and infinite gap intervals and several bias shifts at once."""
+    g = torch.Generator().manual_seed(11)
+    for trial in range(24):
+        k = (2, 3, 5, 10)[trial % 4]
+        lo = -5 * torch.rand(k, k, generator=g, dtype=torch.float64)
+        hi = lo + 8 * torch.rand(k, k, generator=g, dtype=torch.float64)
+        if trial % 3 == 0:
+            lo[:] = -math.inf
+        if trial % 5 == 0:
+            hi[:] = math.inf
+        eye = torch.eye(k, dtype=torch.bool)
+        lo, hi = lo.masked_fill(eye, 0.0), hi.masked_fill(eye, 0.0)
+        shift = 2 * torch.randn(3, k, generator=g, dtype=torch.float64)
+        best = max_cancellation(lo, hi, shift)
+        e = shift[:, None, :] - shift[:, :, None]  # (shift, y, k)
+        t = torch.linspace(-20.0, 20.0, 40001, dtype=torch.float64)
+        d = torch.minimum(
+            torch.maximum(t[None, None, :, None] + e[:, :, None, :], lo[:, None]), hi[:, None]
+        )
+        d = d.masked_fill(eye[:, None, :], 0.0)
+        phi = torch.softmax(-d, -1) * (d - e[:, :, None, :]).masked_fill(eye[:, None, :], 0.0)
+        phi = phi.sum(-1)  # (shift, y, t)
+        h = 1.0 + phi - t
+        rising = h >= 0
+        assert bool(rising[..., 0].all() and not rising[..., -1].any())  # t* inside the grid
+        # the sign of h is a prefix pattern (+ then −) and φ is unimodal on the grid
+        assert bool((rising[..., 1:] <= rising[..., :-1]).all())
+        assert bool((best >= phi.max(-1).values - 1e-12).all())
+        assert torch.allclose(best, phi.max(-1).values, atol=1e-6)  # grid step 1e-3, φ' = 0 at t*
+        # and φ* = t* − 1 at the sign change of h (φ may be flat around it: clipped gaps)
+        t_star = t[rising.sum(-1) - 1]
+        assert bool(((t_star - 1.0 - best).abs() <= 2e-3).all())
+
+
 # --- stage 3: inversion -------------------------------------------------------------------------
 
 

@@ -25,9 +25,13 @@ necessary. Write φ(D) = Σ_k q_k a_k (to maximise). Its partial derivatives are
 ∂φ/∂D_k = q_k (1 − a_k + φ), so at any KKT point of the box-constrained maximum
 D_k = clip(1 + φ + e_k, D_k^min, D_k^max): every maximiser lies on the one-parameter curve
 D(t) = clip(t + e, D^min, D^max) at t* = 1 + φ*, and since every D(t) is feasible,
-φ* = max_t φ(D(t)) — a 1-D search (dense grid + golden-section refinement). t* lies in
-[1 + φ(D(1)), 1 + log k + max(0, max_k −e_k)] because φ* ≥ φ(D(1)) and
-φ ≤ H(q) + log q_y − Σ q_k e_k ≤ log k + max(−e).
+φ* = max_t φ(D(t)) — a 1-D problem. It is unimodal with a root we can bracket exactly: along
+the curve the free coordinates (not clipped) have a_k = t, so dφ/dt = Q(t)·h(t) with
+Q = Σ_free q_k ≥ 0 and h(t) = 1 + φ(t) − t; at any zero of h, h' = Q·h − 1 = −1, so h crosses
+zero once, downwards. φ therefore rises while h ≥ 0 and falls after: t* is the unique root of
+h, found by multisection on its sign (each round shrinks the bracket 16×, to rounding in a
+dozen rounds), and φ* = t* − 1. t* lies in [1 + φ(D(1)), 1 + log k + max(0, max_k −e_k)]
+because φ* ≥ φ(D(1)) and φ ≤ H(q) + log q_y − Σ q_k e_k ≤ log k + max(−e).
 
 With φ* = max_y φ*_y the best cancellation per poison, and
 A(c) = ⟨R_c, v⟩ = ⟨R_c, θ̂⟩ + ⟨R_b, c⟩ (the wd term is orthogonal to the bias shift), the
@@ -64,8 +68,8 @@ import torch
 from ..victim import LinearHead
 from .gc_objective import CleanGradient, clean_gradient
 
-_GRID = 1025
-_GOLDEN_ITERS = 24
+_SECTION_POINTS = 15  # interior points per multisection round
+_SECTION_ROUNDS = 14  # 16^14 ≈ 7e16: the bracket shrinks to rounding
 _MAX_VERTEX_CLASSES = 13
 _SHIFTS = (0.0, -4.0, -1.0, 1.0, 4.0)
 
@@ -150,31 +154,28 @@ def max_cancellation(lo: torch.Tensor, hi: torch.Tensor, shift: torch.Tensor) ->
     """``max_{D ∈ [lo, hi]} Σ_k softmax(−D)_k (D_k − e_k)`` per label y (the 1-D KKT search).
 
     ``lo, hi``: (k, k) gap intervals; ``shift``: (..., k) bias shifts c (e[y, k] = c_k − c_y),
-    several at once along the leading dimensions (one vectorised search). Returns (..., k).
+    several at once along the leading dimensions (one vectorised search). Returns (..., k):
+    φ at the ends of the final bracket around the root t* of h(t) = 1 + φ(t) − t (attained
+    values, so never above the true maximum; below it by rounding only).
     """
     k = lo.shape[0]
     e = shift[..., None, :] - shift[..., :, None]
     ones = torch.ones(*shift.shape, 1, dtype=lo.dtype, device=lo.device)
-    t_lo = 1.0 + _phi(ones, lo, hi, e)[..., 0]  # t* ≥ 1 + φ(D(1))
-    t_hi = 1.0 + math.log(k) + (-e).clamp_min(0.0).max(dim=-1).values
-    t_hi = torch.maximum(t_hi, t_lo + 1e-6)
-    frac = torch.linspace(0.0, 1.0, _GRID, dtype=lo.dtype, device=lo.device)
-    grid = t_lo[..., None] + (t_hi - t_lo)[..., None] * frac
-    vals = _phi(grid, lo, hi, e)
-    best = vals.argmax(dim=-1)
-    step = (t_hi - t_lo) / (_GRID - 1)
-    center = grid.gather(-1, best[..., None])[..., 0]
-    a, b = center - step, center + step
-    inv = (math.sqrt(5.0) - 1.0) / 2.0
-    for _ in range(_GOLDEN_ITERS):  # refine each label's bracket (vectorised over y)
-        c1, c2 = b - inv * (b - a), a + inv * (b - a)
-        f1 = _phi(c1[..., None], lo, hi, e)[..., 0]
-        f2 = _phi(c2[..., None], lo, hi, e)[..., 0]
-        left = f1 >= f2
-        b = torch.where(left, c2, b)
-        a = torch.where(left, a, c1)
-    refined = _phi(((a + b) / 2)[..., None], lo, hi, e)[..., 0]
-    return torch.maximum(vals.max(dim=-1).values, refined)
+    a = 1.0 + _phi(ones, lo, hi, e)[..., 0]  # h(a) ≥ 0: t* ≥ 1 + φ(D(1))
+    b = 1.0 + math.log(k) + (-e).clamp_min(0.0).max(dim=-1).values  # h(b) ≤ 0
+    b = torch.maximum(b, a)
+    frac = torch.arange(1, _SECTION_POINTS + 1, dtype=lo.dtype, device=lo.device)
+    frac = frac / (_SECTION_POINTS + 1)
+    for _ in range(_SECTION_ROUNDS):
+        t = a[..., None] + (b - a)[..., None] * frac
+        rising = 1.0 + _phi(t, lo, hi, e) >= t  # h ≥ 0: a prefix of the points
+        m = rising.sum(dim=-1, keepdim=True)  # the root lies between points m−1 and m
+        a = torch.where(m > 0, t.gather(-1, (m - 1).clamp_min(0)), a[..., None])[..., 0]
+        b = torch.where(
+            m < _SECTION_POINTS, t.gather(-1, m.clamp_max(_SECTION_POINTS - 1)), b[..., None]
+        )[..., 0]
+    ends = _phi(torch.stack([a, b], dim=-1), lo, hi, e)
+    return ends.max(dim=-1).values
 
 
 def min_cancellation(lo: torch.Tensor, hi: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
