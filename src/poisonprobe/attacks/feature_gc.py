@@ -2,7 +2,7 @@
 
 Minimises ``gc_loss(ŵ, ζ, ỹ) = ‖R_c + Σ_j g(ζ_j, ỹ_j) + wd·n_p·[Ŵ, 0]‖² / ‖R_c‖²`` (shared with
 input-space GC). No network and no autograd are in the loop: the objective's gradient w.r.t. ζ
-is closed form too (``gc_loss_and_grad``: no double backprop, no training loop to
+is closed form too (``GCLossAndGrad``: no double backprop, no training loop to
 differentiate). Adam (default) or normalised GD, both with cosine-decayed lr.
 
 Two constraint sets: ``box=None`` (unconstrained ζ — the upper bound of any feature-space
@@ -27,7 +27,7 @@ import torch
 
 from ..errors import ConfigError
 from ..victim import LinearHead, label_targets
-from .gc_objective import CleanGradient, gc_loss, gc_loss_and_grad, gc_residual
+from .gc_objective import CleanGradient, GCLossAndGrad, gc_loss, gc_residual
 from .poisonability import FeatureBox
 
 OPTIMIZERS = ("adam", "gd")
@@ -153,6 +153,7 @@ def feature_gc(
 
     best_obj, best_z, best_y = objective(zeta), zeta.clone(), y.clone()
     targets = label_targets(y, head.n_classes, dtype)  # one-hot, rebuilt only on relabelling
+    loss_and_grad = GCLossAndGrad(head, clean, int(zeta.shape[0]), weight_decay)
     adam = _Adam(zeta) if optimizer == "adam" else None
     ran = 0
     for t in range(steps):
@@ -162,7 +163,7 @@ def feature_gc(
         if labels == "optimal" and relabel_every > 0 and t > 0 and t % relabel_every == 0:
             y = relabel(head, clean, zeta, y, weight_decay)
             targets = label_targets(y, head.n_classes, dtype)
-        value, grad = gc_loss_and_grad(head, clean, zeta, targets, weight_decay)
+        value, grad = loss_and_grad(zeta, targets)
         if value < best_obj:
             best_obj, best_z, best_y = value, zeta.clone(), y.clone()
         if adam is not None:
