@@ -12,6 +12,7 @@ from poisonprobe.errors import ConfigError, DataError
 from poisonprobe.victim import (
     LinearHead,
     VictimConfig,
+    all_finite,
     gradient_sums,
     per_point_gradients,
     train_head,
@@ -101,3 +102,26 @@ def test_bad_inputs_are_refused():
     z[0, 0] = float("nan")
     with pytest.raises(DataError, match="NaN"):
         train_head(z, torch.zeros(4, dtype=torch.long), 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_all_finite_agrees_with_elementwise_isfinite(dtype):
+    """The summing shortcut must never pass a NaN/inf, nor refuse finite values whose sum
+    overflows (the exact check decides then)."""
+    big = torch.finfo(dtype).max
+    cases = [
+        torch.zeros(0, 3, dtype=dtype),
+        torch.rand(50, 7, dtype=dtype),
+        torch.full((4, 4), big, dtype=dtype),  # finite, but the sum overflows to inf
+        torch.tensor([big, -big, big], dtype=dtype),
+    ]
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.rand(50, 7, dtype=dtype)
+        x[13, 2] = bad
+        cases.append(x)
+    both = torch.rand(10, dtype=dtype)
+    both[1], both[5] = float("inf"), -float("inf")  # sums to NaN
+    cases.append(both)
+    for x in cases:
+        assert all_finite(x) == bool(torch.isfinite(x).all())
+    assert all_finite(torch.arange(5))  # integers are always finite

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from ..victim import VictimConfig
+from ..victim import VictimConfig, all_finite
 
 
 @dataclass
@@ -336,7 +336,7 @@ def _check_input(inp: DefenseInput) -> None:
         raise DataError("defence input: labels must be integers (hard labels)")
     if z.shape[0] and (int(y.min()) < 0 or int(y.max()) >= inp.n_classes):
         raise DataError(f"defence input: labels outside [0, {inp.n_classes}); check n_classes")
-    if not torch.isfinite(z).all():
+    if not all_finite(z):
         raise DataError("defence input: features contain NaN or inf; check the extractor")
 
 
