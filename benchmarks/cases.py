@@ -20,6 +20,7 @@ from harness import (
     CIFAR_SPEC,
     MEMORY_METHOD,
     cifar_features,
+    cifar_smallcnn,
     cifar_subset,
     digits_setting,
     interleaved,
@@ -529,11 +530,7 @@ def case_scaling(b: Budget) -> Section:
     sec.lines += [
         f"scaling_ft_feasible N={n} eps={e} seconds={t:.3g}" for (n, e), t in ft_times.items()
     ]
-    _FT_TIMES.update(ft_times)
     return sec
-
-
-_FT_TIMES: dict[tuple[int, float], float] = {}
 
 
 # ------------------------------------------------ (6a) FT stages 1–2 vs one extraction pass
@@ -550,54 +547,58 @@ def case_ft_vs_extract(b: Budget) -> Section:
             "ratio (extraction / FT)",
         ],
     )
-    for setting in ("finetune",) if b.quick else ("finetune", "transfer"):
-        prep, _ = digits_setting(setting)
-        ext, train = prep.extractor, prep.target.train
 
-        def ft(prep=prep, ext=ext, train=train):
-            ctx = attack_ctx(ext, train, prep.z_train, prep.clean_head, 0.1, "feature", {})
+    def measure(label: str, key: str, ext, train, z, head, reps: int) -> None:
+        def ft():  # a fresh memo: nothing shared with an earlier call
+            ctx = attack_ctx(ext, train, z, head, 0.1, "feature", {})
             return get_attack("ft-feasible").fn(ctx)
 
-        def extract(ext=ext, train=train):
-            return encode_batched(ext, train.x)
-
-        s = interleaved({"extract": extract, "ft": ft}, b.reps)
+        s = interleaved({"extract": lambda: encode_batched(ext, train.x), "ft": ft}, reps)
         r = ratio(s["extract"].median, s["ft"].median)
-        sec.rows.append(
-            [
-                f"digits {setting} (N={len(train)}, smallcnn d={prep.z_train.shape[1]}, eps 0.1)",
-                f3(s["extract"].median),
-                f3(s["ft"].median),
-                f3(1 / r),
-                f3(r),
-            ]
+        row = [label, f3(s["extract"].median), f3(s["ft"].median), f3(1 / r), f3(r)]
+        sec.rows.append(row)
+        verdict = "met" if r >= 0.5 else "NOT met"
+        sec.lines.append(
+            f"ft_vs_extract_{key} ratio={r:.3g} (FT/extraction = {1 / r:.3g}×: {verdict})"
         )
-        sec.lines.append(f"ft_vs_extract_{setting} ratio={r:.3g} (FT/extraction = {1 / r:.3g}×)")
-    key = (50_000, 0.1)
-    if not b.quick and key in _FT_TIMES:
-        from poisonprobe.extractors import build_extractor
 
+    for setting in ("finetune",) if b.quick else ("finetune", "transfer"):
+        prep, _ = digits_setting(setting)
+        train = prep.target.train
+        label = f"digits {setting} (N={len(train)}, 8×8, smallcnn d={prep.z_train.shape[1]})"
+        measure(label, setting, prep.extractor, train, prep.z_train, prep.clean_head, b.reps)
+    pretrain_note = ""
+    if not b.quick:
+        cx = cifar_smallcnn()
         cf = cifar_features()
-        net = build_extractor("resnet18", cf.splits.domain).eval()
-        m = 256
-        s = interleaved({"r18": lambda: encode_batched(net, cf.splits.train.x[:m], 128)}, 2)
-        t_pass = s["r18"].median * 50_000 / m
-        r = ratio(t_pass, _FT_TIMES[key])
-        sec.rows.append(
-            [
-                f"CIFAR-10 N=50000: resnet18 pass extrapolated from {m} images; FT stages on "
-                "random-projection features of the same shape (d=512)",
-                f3(t_pass),
-                f3(_FT_TIMES[key]),
-                f3(1 / r),
-                f3(r),
-            ]
+        for n, reps in ((5000, b.reps), (50_000, min(b.reps, 3))):
+            train = cf.splits.train.subset(cf.order[:n])
+            z = encode_batched(cx.extractor, train.x)  # untimed: the features FT works on
+            head = train_head(z, train.y, train.n_classes, VictimConfig())
+            label = f"CIFAR-10 N={n} (3×32×32, smallcnn SimCLR d={z.shape[1]})"
+            measure(label, f"cifar10_{n}", cx.extractor, train, z, head, reps)
+        pretrain_note = (
+            " CIFAR-10 rows: the real extractor of `configs/cifar10-cpu.yaml` (smallcnn SimCLR, "
+            "5 epochs on a stratified 5,000-image subset; "
+            + (
+                "from the pre-training cache"
+                if cx.cached
+                else f"pre-trained here in {cx.pretrain_seconds:.0f} s, not timed"
+            )
+            + "), its real features of N training images, the exact clean head; "
+            f"medians of {b.reps} (N=5,000) and {min(b.reps, 3)} (N=50,000) interleaved runs."
         )
-        sec.lines.append(f"ft_vs_extract_cifar_estimate ratio={r:.3g} (estimate, see table)")
     sec.notes.append(
-        "Extraction pass = encoding the clean training set once (no cache); FT stages 1–2 = "
-        "one `ft-feasible` call with a fresh memo (target search + feature GC + verification "
-        "retrains), the work the FT variants share. Ratio ≥ 0.5 meets the target."
+        "Extraction pass = encoding the clean training set once (no cache, the library's "
+        "batch size); FT stages 1–2 = one `ft-feasible` call at eps 0.1 with a fresh memo "
+        "(target search + feature GC + verification retrains), the work the FT variants "
+        "share. Ratio ≥ 0.5 meets the target." + pretrain_note
+    )
+    sec.notes.append(
+        "Stages 1–2 have a fixed part that does not grow with N (dozens of exact head solves "
+        "and poisonability checks on a k×d head) and a part linear in N; the extraction pass "
+        "is linear in N with a per-image cost set by the network and image size — so the "
+        "ratio improves with N and with the extractor's size."
     )
     return sec
 
