@@ -14,7 +14,12 @@ import torch
 from torch import nn
 
 from poisonprobe.attacks import AttackContext, ThreatModel, get_attack
-from poisonprobe.attacks.gc_input import feature_loss_and_grad, gc_objective_fn, target_head
+from poisonprobe.attacks.gc_input import (
+    PixelOptimizer,
+    feature_loss_and_grad,
+    gc_objective_fn,
+    target_head,
+)
 from poisonprobe.attacks.tgda import (
     FollowerProblem,
     follower_update,
@@ -303,6 +308,34 @@ def test_gc_input_decreases_gc_objective(tiny):
     assert ps.info["gc_objective"] == pytest.approx(after, rel=1e-4)
 
 
+def test_gc_input_restarts_with_smaller_steps_when_they_overshoot(tiny):
+    """A step size far too large for the images: without restarts no step beats the start;
+    with them the images go back to the best iterate with half the step until steps help."""
+    ctx = _ctx(tiny, eps=0.2, regime="unconstrained")
+    kw = dict(steps=16, lr=30.0, labels="confusable", target="gradpc")
+    stuck = get_attack("gc-input").fn(ctx, patience=10_000, **kw)
+    assert stuck.info["restarts"] == 0
+    assert stuck.info["gc_objective"] == stuck.info["gc_objective_init"]  # never improved
+    fixed = get_attack("gc-input").fn(ctx, **kw)
+    assert fixed.info["restarts"] >= 1
+    assert fixed.info["gc_objective"] < 0.9 * fixed.info["gc_objective_init"]
+
+
+def test_pixel_optimizer_restart_halves_the_step_and_resets_adam(tiny):
+    ctx = _ctx(tiny, regime="unconstrained")
+    x0 = ctx.train.x[:4].clone()
+    g = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    opt = PixelOptimizer(ctx, x0, x0, "adam", lr=0.1, steps=1_000)
+    first = opt.step(g)  # Adam's first step: lr · sign(g) (up to the 1e-12 and the cosine)
+    step1 = (first - x0).abs().max()
+    opt.step(-g)
+    opt.restart(first)
+    assert opt.x is first
+    again = opt.step(g)  # fresh moments: sign-like again, at half the size
+    assert float((again - first).abs().max()) == pytest.approx(0.5 * float(step1), rel=1e-3)
+    assert torch.equal(torch.sign(first - again), torch.sign(g))
+
+
 def test_tgda_raises_validation_loss_and_hurts_victim(tiny):
     ctx = _ctx(tiny, eps=0.2, regime="box")
     ps = get_attack("tgda").fn(ctx, leader_steps=6)
@@ -335,6 +368,7 @@ def test_tgda_feature_stays_in_clean_feature_range(tiny):
         ("gc-input", {"optimizer": "sgd"}),
         ("gc-input", {"labels": "mine"}),
         ("gc-input", {"target": "oracle"}),
+        ("gc-input", {"patience": 0}),
         ("tgda", {"leader_loss": "mse"}),
         ("emn", {"fraction": "half"}),
         ("emn", {"linf": 0}),
