@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from .head_solver import kronecker_eig
 from .victim import LinearHead
 
 HISTORY = 20  # L-BFGS curvature pairs
@@ -30,12 +31,11 @@ def kronecker_basis(
     eig: tuple[torch.Tensor, torch.Tensor], n_classes: int, wd: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(Qa, Qcᵀ, S)`` of the change of variables (see the module docstring)."""
-    lc, qc = eig
     k = n_classes
-    eye = torch.eye(k, dtype=torch.float64, device=qc.device)
-    la, qa = torch.linalg.eigh((eye - 1.0 / k) / k)  # softmax curvature at uniform p
-    scale = (la.clamp_min(0)[:, None] * lc.clamp_min(0)[None, :] + wd).rsqrt()
-    return qa.float(), qc.T.float().contiguous(), scale.float()
+    eye = torch.eye(k, dtype=torch.float64, device=eig[1].device)
+    uniform = (eye - 1.0 / k) / k  # the softmax curvature Ā at uniform p (θ = 0)
+    qa, qc, eigvals = kronecker_eig(uniform, eig, wd)
+    return qa.float(), qc.T.float().contiguous(), eigvals.rsqrt().float()
 
 
 def lbfgs_float32(

@@ -106,12 +106,10 @@ class HeadCurvature:
         if self._kfac is None:
             p = self.p.double()
             abar = torch.diag(p.mean(0)) - p.T @ p / self.n
-            la, qa = torch.linalg.eigh(abar)
             if self._feature_eig is None:
                 self._feature_eig = feature_eig(self.z)
-            lc, qc = self._feature_eig
-            inv = 1.0 / (la.clamp_min(0)[:, None] * lc.clamp_min(0)[None, :] + self.wd)
-            self._kfac = (qa, qc, inv)
+            qa, qc, eigvals = kronecker_eig(abar, self._feature_eig, self.wd)
+            self._kfac = (qa, qc, 1.0 / eigvals)
         qa, qc, inv = self._kfac
         k, d = self.k, self.d
         full = torch.cat([u[: k * d].reshape(k, d), u[k * d :, None]], 1)
@@ -161,6 +159,18 @@ def feature_eig(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean = zs.sum(0).double() / m
     c[:d, d], c[d, :d], c[d, d] = mean, mean, 1.0
     return torch.linalg.eigh(c)
+
+
+def kronecker_eig(
+    abar: torch.Tensor, feature_eig: tuple[torch.Tensor, torch.Tensor], wd: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eigenbasis of the Kronecker approximation ``Ā ⊗ C + wd·I`` of the head's Hessian:
+    ``(Qa, Qc, λa λcᵀ + wd)`` with ``Ā`` (k×k) the softmax curvature and ``C`` given by
+    ``feature_eig``. Newton's preconditioner applies its inverse, the cold-start L-BFGS its
+    inverse square root (``head_lbfgs``)."""
+    la, qa = torch.linalg.eigh(abar)
+    lc, qc = feature_eig
+    return qa, qc, la.clamp_min(0)[:, None] * lc.clamp_min(0)[None, :] + wd
 
 
 def conjugate_gradient(
