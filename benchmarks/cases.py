@@ -598,7 +598,10 @@ def case_ft_vs_extract(b: Budget) -> Section:
         "Stages 1–2 have a fixed part that does not grow with N (dozens of exact head solves "
         "and poisonability checks on a k×d head) and a part linear in N; the extraction pass "
         "is linear in N with a per-image cost set by the network and image size — so the "
-        "ratio improves with N and with the extractor's size."
+        "ratio improves with N and with the extractor's size. On the 8×8 digits the whole "
+        "pass is shorter than stage 2's own optimiser (300 Adam steps on each of two "
+        "constraint sets) or one exact verification retrain, so the target cannot be met "
+        "there; it is met at CIFAR-10 scale (see BENCHMARKS.md)."
     )
     return sec
 
