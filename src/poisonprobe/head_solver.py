@@ -202,7 +202,7 @@ def conjugate_gradient(
     return x
 
 
-def _objective(
+def flat_objective(
     theta: torch.Tensor, z: torch.Tensor, yoh: torch.Tensor, wd: float, k: int, grad: bool = True
 ) -> tuple[float, torch.Tensor | None]:
     """The victim objective F and its flat gradient (closed form, float64)."""
@@ -238,7 +238,7 @@ def newton_solve(
     zd = z.detach().to(head.weight.device, torch.float64)
     yoh = torch.nn.functional.one_hot(y.long(), k).to(zd)
     theta = head.flat().detach().clone()
-    loss, g = _objective(theta, zd, yoh, wd, k)
+    loss, g = flat_objective(theta, zd, yoh, wd, k)
     z_as = {torch.float64: zd}
     for _ in range(max_steps):
         gnorm = float(g.norm())
@@ -255,13 +255,13 @@ def newton_solve(
                 z_as[dtype] = zd.to(dtype)
             curv = HeadCurvature(now, z_as[dtype], wd, eig, dtype)
             step = curv.solve_cg(g, iters=cg_iters, tol=min(0.5, math.sqrt(gnorm)))
-            t = _backtrack(theta, step, g, loss, lambda th: _objective(th, zd, yoh, wd, k)[0])
+            t = _backtrack(theta, step, g, loss, lambda th: flat_objective(th, zd, yoh, wd, k)[0])
             if t is not None:
                 break
         if t is None:  # no descent direction even in float64: as exact as it gets
             break
         theta = theta - t * step
-        loss, g = _objective(theta, zd, yoh, wd, k)
+        loss, g = flat_objective(theta, zd, yoh, wd, k)
     return LinearHead.from_flat(theta, k, d)
 
 

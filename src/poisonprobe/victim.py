@@ -177,7 +177,7 @@ LARGE_COLD_START = 4_000_000  # feature elements above which cold fits use head_
 
 
 def _train_lbfgs(z, y, n_classes, config: VictimConfig, init: LinearHead | None) -> LinearHead:
-    from .head_solver import newton_solve
+    from .head_solver import flat_objective, newton_solve
 
     if init is None and not y.dtype.is_floating_point and z.numel() > LARGE_COLD_START:
         return _train_large_cold(z, y, n_classes, config)
@@ -191,7 +191,7 @@ def _train_lbfgs(z, y, n_classes, config: VictimConfig, init: LinearHead | None)
         if _gradient_norm(head, zd, y, config.weight_decay) <= config.tol:
             return head
     yoh = label_targets(y, n_classes, torch.float64)
-    n, d = zd.shape
+    d = zd.shape[1]
     theta = torch.zeros(n_classes * d + n_classes, dtype=torch.float64, device=zd.device)
     if init is not None:
         theta = init.to(zd.device, torch.float64).flat().detach().clone()
@@ -207,16 +207,9 @@ def _train_lbfgs(z, y, n_classes, config: VictimConfig, init: LinearHead | None)
     )
     wd = config.weight_decay
 
-    def closure() -> torch.Tensor:
-        w = theta.detach()[: n_classes * d].reshape(n_classes, d)
-        b = theta.detach()[n_classes * d :]
-        logits = zd @ w.T + b
-        logp = row_softmax(logits, log=True)
-        loss = -(yoh * logp).sum() / n + 0.5 * wd * (w**2).sum()
-        resid = (logp.exp() - yoh) / n
-        grad = torch.cat([(resid.T @ zd + wd * w).reshape(-1), resid.sum(0)])
-        theta.grad = grad
-        return loss
+    def closure() -> torch.Tensor:  # F and its closed-form gradient, as Newton uses them
+        loss, theta.grad = flat_objective(theta.detach(), zd, yoh, wd, n_classes)
+        return torch.tensor(loss, dtype=torch.float64)
 
     opt.step(closure)
     head = LinearHead.from_flat(theta.detach(), n_classes, d)
