@@ -25,6 +25,18 @@ REGIMES = ("unconstrained", "box")
 """Input-space regimes: ``unconstrained`` = no countermeasure, ``box`` = valid pixels (+ L∞)."""
 
 
+def clip_linf_(x: torch.Tensor, center: torch.Tensor, radius: float) -> torch.Tensor:
+    """Clip ``x`` into the L∞ ball of ``radius`` around ``center``, in place.
+
+    Same values as ``max(min(x, center + radius), center - radius)`` with one ``center``-sized
+    temporary instead of four (15k CIFAR poisons are ~180 MB per copy).
+    """
+    bound = center + radius
+    torch.minimum(x, bound, out=x)
+    torch.sub(center, radius, out=bound)
+    return torch.maximum(x, bound, out=x)
+
+
 @dataclass(frozen=True)
 class ThreatModel:
     """Budget and input constraints of one attack run (foolbox-style: domain in, eps in)."""
@@ -62,11 +74,7 @@ class ThreatModel:
         if self.regime != "box":
             return x
         if self.linf is not None and start is not None:
-            bound = start + self.linf
-            torch.minimum(x, bound, out=x)
-            torch.sub(start, self.linf, out=bound)
-            torch.maximum(x, bound, out=x)
-            del bound
+            clip_linf_(x, start, self.linf)
         return x.clamp_(self.domain.low, self.domain.high)
 
 

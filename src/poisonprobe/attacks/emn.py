@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..head_solver import newton_solve
-from .base import AttackContext, PoisonSet, register_attack
+from .base import AttackContext, PoisonSet, clip_linf_, register_attack
 from .gc_input import feature_loss_and_grad
 
 
@@ -33,12 +33,7 @@ def emn_project_(
     Written into ``x``: at CIFAR scale the perturbed set is ~180 MB, and the out-of-place
     ``max(min(x, x0 + linf), x0 - linf)`` made five such temporaries per PGD step.
     """
-    bound = x0 + linf
-    torch.minimum(x, bound, out=x)
-    torch.sub(x0, linf, out=bound)
-    torch.maximum(x, bound, out=x)
-    del bound
-    return ctx.threat.project_(x, x0)
+    return ctx.threat.project_(clip_linf_(x, x0, linf), x0)
 
 
 @register_attack("emn", regimes=("unconstrained", "box"))

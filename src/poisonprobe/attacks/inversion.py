@@ -19,6 +19,7 @@ from torch import nn
 
 from ..domain import InputDomain
 from ..errors import ConfigError
+from .base import clip_linf_
 
 MATCH_METHODS = ("adam", "signed")
 
@@ -173,11 +174,7 @@ def _project_(
 ) -> torch.Tensor:
     """``_project`` written into ``x`` (same values, no image-set sized copies but one)."""
     if linf is not None and center is not None:
-        bound = center + linf
-        torch.minimum(x, bound, out=x)
-        torch.sub(center, linf, out=bound)
-        torch.maximum(x, bound, out=x)
-        del bound
+        clip_linf_(x, center, linf)
     return x.clamp_(domain.low, domain.high)
 
 
