@@ -87,8 +87,11 @@ def generated_section() -> str:
         "",
         "## Generated variants",
         "",
-        "Each hypothesis test draws its bad inputs afresh on every run (no example database) "
-        "and asserts the same contract for each.",
+        "Each hypothesis test draws the same bad inputs on every run (the derandomised `ci` "
+        "profile, tests/conftest.py), first proves each one is invalid (the product's own "
+        "parser, loader or registries refuse it; an input they accept is skipped, never "
+        "asserted on) and then asserts the same contract for it. "
+        "`python -m pytest --hypothesis-profile=explore` draws ten times as many, at random.",
         "",
         "| test | examples | what it generates |",
         "|---|---|---|",

@@ -1,4 +1,12 @@
-"""Shared fixtures: an isolated cache dir so tests never touch the user's cache."""
+"""Shared fixtures: an isolated cache dir so tests never touch the user's cache.
+
+Hypothesis runs under one of two profiles (docs/CONTRACT.md):
+
+- ``ci`` (the default, what ``python -m pytest`` and ``.ci/run`` use): derandomised, no example
+  database, so every run of a commit draws the same examples and passes or fails the same way;
+- ``explore`` (``python -m pytest --hypothesis-profile=explore``): fresh random examples,
+  ten times as many. What it finds becomes an explicit ``@example`` regression case.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,37 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+settings.register_profile(
+    "explore",
+    derandomize=False,
+    database=None,
+    deadline=None,
+    max_examples=1000,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+# The hypothesis pytest plugin loads --hypothesis-profile after this file, so the option wins.
+settings.load_profile(os.environ.get("POISONPROBE_HYPOTHESIS_PROFILE", "ci"))
+
+
+HANG_GUARD_S = 3600
+"""The one wall-clock limit tests may use: a guard against a hung subprocess, far above any
+run's duration on a loaded machine (CI allows 90 minutes in all). Never a speed check."""
+
+
+def example_budget(examples: int) -> int:
+    """``examples`` under the ci profile; scaled up with the active profile's max_examples."""
+    return max(examples, examples * settings.default.max_examples // 100)
 
 
 @pytest.fixture(autouse=True, scope="session")

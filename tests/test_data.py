@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import example_budget
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -457,7 +458,7 @@ def test_parse_options() -> None:
         parse_options("/p?c=1", ("a",), "x")
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=example_budget(40), deadline=None)
 @given(
     counts=st.lists(st.integers(1, 30), min_size=1, max_size=6),
     frac=st.floats(0.0, 1.0),

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pandas as pd
+from conftest import HANG_GUARD_S
 
 
 def test_default_run_end_to_end(tmp_path):
@@ -13,7 +14,7 @@ def test_default_run_end_to_end(tmp_path):
         [sys.executable, "-m", "poisonprobe.cli", "run", "--out", str(tmp_path), "-q"],
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=HANG_GUARD_S,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     df = pd.read_csv(tmp_path / "results.csv")
@@ -22,5 +23,10 @@ def test_default_run_end_to_end(tmp_path):
     clean = df.groupby("setting")["clean_acc"].first()
     assert clean["finetune"] >= 0.97 and clean["transfer"] >= 0.95
     assert (df["n_poison"][df["attack"] != "none"] > 0).all()
+    # the strongest attack at the largest budget hurts more than flipping labels does
+    top = df[df["eps"] == df["eps"].max()].groupby(["setting", "attack"])["drop"].max()
+    for setting in ("finetune", "transfer"):
+        others = top[setting].drop(["none", "label-flip"])
+        assert others.max() > top[setting]["label-flip"], top[setting].to_dict()
     report = (tmp_path / "report.md").read_text()
     assert "ft-match" in report and ".png" in report

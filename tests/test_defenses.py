@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import example_budget
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -284,7 +285,9 @@ def _rows(inp: DefenseInput, mask: torch.Tensor) -> list[tuple]:
     )
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=example_budget(80), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(feature_sets())
 def test_shuffling_the_input_gives_the_same_removed_set(case):
     z, y, box, n_classes, perm, spec, fraction = case

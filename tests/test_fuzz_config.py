@@ -3,6 +3,7 @@ ConfigError — never another exception, never a traceback."""
 
 from __future__ import annotations
 
+from conftest import example_budget
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -80,7 +81,9 @@ values = st.recursive(
 configs = st.dictionaries(st.sampled_from(KEYS), values, max_size=5)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=example_budget(400), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(configs)
 def test_any_config_is_valid_or_a_one_line_error(data):
     try:
@@ -93,7 +96,7 @@ def test_any_config_is_valid_or_a_one_line_error(data):
         assert all(0 < e <= 1 for e in cfg.eps)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=example_budget(200), deadline=None)
 @given(st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1, max_size=4))
 def test_eps_lists(eps):
     try:

@@ -7,6 +7,7 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import HANG_GUARD_S
 
 ray = pytest.importorskip("ray")
 
@@ -71,7 +72,7 @@ def test_cli_bad_backend_is_one_line(tmp_path, args, needle):
         [sys.executable, "-m", "poisonprobe.cli", "run", "--out", str(tmp_path), "-q", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_GUARD_S,
     )
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]

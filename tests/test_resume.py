@@ -12,6 +12,7 @@ import time
 import pandas as pd
 import pytest
 import yaml
+from conftest import HANG_GUARD_S
 
 KEY = ["setting", "attack", "regime", "eps", "defense", "seed"]
 
@@ -44,7 +45,7 @@ def sweep_config(tmp_path, tiny_config):
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, sweep_config):
     reference = tmp_path / "ref"
     proc = _start(sweep_config, reference)
-    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    assert proc.wait(timeout=HANG_GUARD_S) == 0, proc.stderr.read()
     ref = pd.read_csv(reference / "results.csv")
     total = len(ref)
     assert total == 2 * 3 * 3  # seeds × eps × (clean + 2 attacks)
@@ -52,7 +53,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, sweep_config):
     for kill_at in (1, total // 2, total - 2):
         out = tmp_path / f"killed{kill_at}"
         proc = _start(sweep_config, out)
-        deadline = time.time() + 300
+        deadline = time.time() + HANG_GUARD_S
         while _rows(out / "results.csv") < kill_at and proc.poll() is None:
             assert time.time() < deadline
             time.sleep(0.02)
@@ -61,7 +62,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, sweep_config):
         partial = pd.read_csv(out / "results.csv")  # never half-written: parses cleanly
         assert len(partial) >= kill_at and not partial.duplicated(KEY).any()
         proc = _start(sweep_config, out)
-        assert proc.wait(timeout=600) == 0, proc.stderr.read()
+        assert proc.wait(timeout=HANG_GUARD_S) == 0, proc.stderr.read()
         resumed = pd.read_csv(out / "results.csv")
         assert len(resumed) == total and not resumed.duplicated(KEY).any()
         a = ref.sort_values(KEY).reset_index(drop=True)
