@@ -63,7 +63,11 @@ def test_digits_shapes_range_and_levels() -> None:
         assert torch.equal(ds.x * 16, (ds.x * 16).round())  # 17 levels
     assert len(s.train) + len(s.test) == 1797
     assert s.domain == DIGITS_DOMAIN and s.train.classes == [str(i) for i in range(10)]
-    assert torch.equal(load_dataset("digits", seed=3).test.x, s.test.x)  # split ignores seed
+    # the seed is the split seed (config split_seeds): another split, the same one again
+    other = load_dataset("digits", seed=3)
+    assert not torch.equal(other.test.x, s.test.x)
+    assert torch.equal(load_dataset("digits", seed=3).test.x, other.test.x)
+    assert torch.bincount(other.test.y).tolist() == torch.bincount(s.test.y).tolist()
 
 
 # ----------------------------------------------------------------------------- syndigits

@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 from poisonprobe.defenses import parse_defense
-from poisonprobe.experiment.config import Config, load_config
+from poisonprobe.experiment.config import load_config
 from poisonprobe.experiment.results import row_key
-from poisonprobe.experiment.runner import _count_cells, run, unit_keys
-
-
-def _planned(cfg: Config, defenses: list) -> list[tuple]:
-    return [
-        key
-        for setting in cfg.settings
-        for ext in cfg.extractors
-        for seed in cfg.seeds
-        for key in unit_keys(setting, ext, cfg, seed, defenses)
-    ]
+from poisonprobe.experiment.runner import _count_cells, run
 
 
 def test_count_multiplies_every_axis(tiny_config):
@@ -26,7 +16,8 @@ def test_count_multiplies_every_axis(tiny_config):
                 {"name": "a", "source": "digits", "target": "digits"},
                 {"name": "b", "source": "syndigits", "target": "digits"},
             ],
-            extractor=[{"epochs": 1}, {"epochs": 0, "name": "random-init"}],
+            extractor=[{"epochs": 1, "seed": [0, 1]}, {"epochs": 0, "name": "random-init"}],
+            split_seeds=[0, 5],
             attacks=[
                 "label-flip",  # box only
                 {"name": "gc-input", "grid": {"steps": [5, 9]}},  # unconstrained and box
@@ -38,9 +29,11 @@ def test_count_multiplies_every_axis(tiny_config):
         )
     )
     defenses = [parse_defense(d) for d in cfg.defenses]
-    cells = 2 * 2 * 3 * (1 + 1 + 2 * 2 + 1) * 3 * 2  # settings·extractors·seeds·runs·eps·defs
-    planned = _planned(cfg, defenses)
-    assert _count_cells(cfg, defenses) == len(planned) == len(set(planned)) == cells
+    assert [e.label for e in cfg.extractors] == ["smallcnn-simclr"] * 2 + ["random-init"]
+    assert [e.seed for e in cfg.extractors] == [0, 1, 0]
+    # settings · split seeds · extractors (incl. pre-training seeds) · seeds · runs · eps · defs
+    cells = 2 * 2 * 3 * 3 * (1 + 1 + 2 * 2 + 1) * 3 * 2
+    assert _count_cells(cfg, defenses) == cells
 
 
 def test_cells_counted_equal_rows_written(tmp_path, tiny_config):
@@ -64,5 +57,5 @@ def test_cells_counted_equal_rows_written(tmp_path, tiny_config):
     df = run(cfg, out=tmp_path, quiet=True)
     assert len(df) == 24
     assert set(df["attack"]) == {"none", "label-flip[mode=confusable]", "label-flip[mode=random]"}
-    # the rows written are exactly the cells the Ray driver plans (and resumes) by key
-    assert {row_key(r) for r in df.to_dict("records")} == set(_planned(cfg, defenses))
+    # every row is its own cell: distinct keys, distinct fingerprints
+    assert len({row_key(r) for r in df.to_dict("records")}) == len(df) == df["cell_id"].nunique()

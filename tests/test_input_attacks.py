@@ -290,7 +290,6 @@ def test_gc_input_with_tgda_feature_target(tiny):
 
 
 def test_tgda_feature_inversion_gives_box_images(tiny):
-    pytest.importorskip("poisonprobe.attacks.inversion")
     ctx = dataclasses.replace(_ctx(tiny), threat=ThreatModel(0.1, tiny[0].domain, "feature"))
     ps = get_attack("tgda-feature").fn(ctx, leader_steps=3, invert="feature-match", match_steps=3)
     assert ps.x is not None and ps.z is None

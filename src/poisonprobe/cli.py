@@ -37,7 +37,9 @@ def _setup_logging(verbose: bool) -> None:
 @app.command()
 def run(
     config: Path | None = typer.Argument(None, help="YAML config (default: the embedded one)"),
-    out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="output folder"),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="output folder (default: runs/<config stem>)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or tables"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every stage"),
     backend: str = typer.Option(
@@ -46,15 +48,22 @@ def run(
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="an existing Ray cluster (default: start a local one)"
     ),
+    add: bool = typer.Option(
+        False, "--add", help="OUT holds another config's results: add this one's beside them"
+    ),
 ) -> None:
     """Run an experiment; write OUT/results.csv and OUT/report.md."""
     from rich.markup import escape
 
+    from .experiment.runner import default_out
     from .experiment.runner import run as run_experiment
     from .report.markdown import drop_table
 
     _setup_logging(verbose)
-    df = run_experiment(config, out=out, quiet=quiet, backend=backend, ray_address=ray_address)
+    out = out if out is not None else default_out(config)
+    df = run_experiment(
+        config, out=out, quiet=quiet, backend=backend, ray_address=ray_address, add=add
+    )
     if not quiet:
         table = drop_table(df, "drop")
         rich_table = Table(title="accuracy drop (pt)")
@@ -186,7 +195,7 @@ def export(
         write_imagefolder,
         write_npz,
     )
-    from .experiment.results import read_results
+    from .experiment.results import read_results, replicate
 
     if fmt not in ("npz", "imagefolder"):
         raise ConfigError(f"--format {fmt!r} is unknown; use npz or imagefolder")
@@ -213,17 +222,10 @@ def export(
             f"setting {row['setting']!r} of {out}/results.csv is missing from {out}/config.yaml; "
             "restore the run's config.yaml"
         )
-    path = poison_file(
-        out,
-        row["setting"],
-        row["extractor"],
-        attack,
-        row["regime"],
-        float(row["eps"]),
-        int(row["seed"]),
-    )
+    path = poison_file(out, row.to_dict())
     poisons = load_poisons(path)
-    clean = load_dataset(target, cfg.data_root, download=cfg.download).train
+    split_seed = replicate(row.get("split_seed"))
+    clean = load_dataset(target, cfg.data_root, split_seed, download=cfg.download).train
     x, y, flag = poisoned_training_set(clean.x, clean.y, poisons)
     stem = path.stem
     if fmt == "npz":

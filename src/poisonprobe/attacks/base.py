@@ -98,6 +98,11 @@ class AttackContext:
     progress: Callable[..., Iterable] = identity_progress
     batch_size: int = 512
 
+    def __post_init__(self) -> None:
+        # BatchNorm/Dropout in train mode would make an attack see other features than the
+        # victim's cache holds (and change running statistics): attacks see the eval network
+        self.extractor.eval()
+
     @property
     def n_clean(self) -> int:
         return len(self.train)

@@ -96,16 +96,32 @@ class DatasetSplits:
 
 Loader = Callable[..., DatasetSplits]
 _REGISTRY: dict[str, tuple[Loader, str]] = {}
+_RESPLITS: set[str] = set()
 
 
-def register_dataset(name: str, description: str) -> Callable[[Loader], Loader]:
-    """Register ``loader(arg: str | None, root: Path, seed: int, download: bool)``."""
+def register_dataset(
+    name: str, description: str, resplits: bool = False
+) -> Callable[[Loader], Loader]:
+    """Register ``loader(arg: str | None, root: Path, seed: int, download: bool)``.
+
+    ``seed`` is the split seed (config ``split_seeds``); ``resplits=True`` for loaders that
+    draw their train/test split from it, the others keep one fixed split and ignore it.
+    """
 
     def deco(fn: Loader) -> Loader:
         _REGISTRY[name] = (fn, description)
+        if resplits:
+            _RESPLITS.add(name)
         return fn
 
     return deco
+
+
+def resplits(spec: str) -> bool:
+    """Does this dataset spec draw its train/test split from the split seed?"""
+    from .reshape import split_shape_suffix
+
+    return split_shape_suffix(spec)[0].partition(":")[0] in _RESPLITS
 
 
 def dataset_names() -> dict[str, str]:

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import ConfigError, PoisonProbeError
 from ..progress import Reporter
 from .config import Config
-from .results import ResultsStore, row_key
+from .results import ResultsStore
 
 log = logging.getLogger("poisonprobe")
 
@@ -34,19 +34,18 @@ def import_ray() -> Any:
 
 
 class RowCollector:
-    """A row sink for a worker: skips the keys the driver already has, keeps the rest."""
+    """A row sink for a worker: skips the cells the driver already has, keeps the rest."""
 
-    def __init__(self, done: set[tuple]) -> None:
+    def __init__(self, done: set[str]) -> None:
         self.done = set(done)
         self.rows: list[dict[str, Any]] = []
 
-    def has(self, key: tuple) -> bool:
-        return key in self.done
+    def has(self, cell: str) -> bool:
+        return cell in self.done
 
     def append(self, row: dict[str, Any]) -> None:
-        key = row_key(row)
-        if key not in self.done:
-            self.done.add(key)
+        if row["cell_id"] not in self.done:
+            self.done.add(row["cell_id"])
             self.rows.append(row)
 
 
@@ -54,11 +53,13 @@ def run_unit(
     cfg_data: dict[str, Any],
     setting_index: int,
     ext_index: int,
+    split_seed: int,
     seed: int,
-    done: set[tuple],
+    done: set[str],
     out_dir: str,
     cwd: str,
     threads: int,
+    run_id: str,
 ) -> list[dict[str, Any]]:
     """Worker body: prepare (cache hits) and run one seed's cells; return the new rows."""
     import torch
@@ -76,20 +77,23 @@ def run_unit(
     device = resolve_device(cfg.device)
     reporter = Reporter(quiet=True)
     torch.manual_seed(0)
-    prep = prepare(setting, ext_cfg, cfg, device, reporter, FeatureCache())
+    prep = prepare(setting, ext_cfg, cfg, device, reporter, FeatureCache(), split_seed)
     sink = RowCollector(done)
     defenses = [parse_defense(d) for d in cfg.defenses]
-    _run_seed(prep, cfg, seed, defenses, victim_config(cfg), sink, reporter, device, Path(out_dir))
+    vcfg = victim_config(cfg)
+    _run_seed(prep, cfg, seed, defenses, vcfg, sink, reporter, device, Path(out_dir), run_id)
     return sink.rows
 
 
 def run_ray(
     cfg: Config,
+    preps: list,
     defenses: list,
     store: ResultsStore,
     reporter: Reporter,
     out_dir: Path,
     device: Any,
+    run_id: str,
     address: str | None = None,
 ) -> None:
     """Fan the (setting, extractor, seed) units out as Ray tasks; append rows as they land.
@@ -99,19 +103,19 @@ def run_ray(
     """
     import torch
 
-    from .runner import unit_keys
+    from .runner import unit_cells
 
     ray = import_ray()
     units = []
-    for si, setting in enumerate(cfg.settings):
-        for ei, ext_cfg in enumerate(cfg.extractors):
-            for seed in cfg.seeds:
-                keys = unit_keys(setting, ext_cfg, cfg, seed, defenses)
-                done = {k for k in keys if store.has(k)}
-                if len(done) == len(keys):
-                    reporter.advance(len(keys))  # resume: nothing left in this unit
-                else:
-                    units.append((si, ei, seed, done, len(keys)))
+    for prep in preps:
+        si, ei = cfg.settings.index(prep.setting), cfg.extractors.index(prep.ext_cfg)
+        for seed in cfg.seeds:
+            cells = [c["cell_id"] for c in unit_cells(prep, cfg, seed, defenses, device)]
+            done = {c for c in cells if store.has(c)}
+            if len(done) == len(cells):
+                reporter.advance(len(cells))  # resume: nothing left in this unit
+            else:
+                units.append((si, ei, prep.split_seed, seed, done, len(cells)))
     if not units:
         return
     started = _init_ray(ray, address)
@@ -124,14 +128,14 @@ def run_ray(
             num_cpus=cpus, num_gpus=1 if gpu else 0, runtime_env={"env_vars": env}
         )
         cfg_data = cfg.model_dump(mode="json")
-        where = (str(out_dir.resolve()), os.getcwd(), cpus)
+        where = (str(out_dir.resolve()), os.getcwd(), cpus, run_id)
         for unit in units:
-            si, ei, seed, done, _ = unit
-            pending[task.remote(cfg_data, si, ei, seed, done, *where)] = unit
+            si, ei, split_seed, seed, done, _ = unit
+            pending[task.remote(cfg_data, si, ei, split_seed, seed, done, *where)] = unit
         reporter.describe(f"ray: 0/{len(units)} units done")
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            si, ei, seed, done, n = pending.pop(ready[0])
+            si, ei, _, seed, done, n = pending.pop(ready[0])
             for row in _get(ray, ready[0]):
                 store.append(row)
             reporter.advance(n)

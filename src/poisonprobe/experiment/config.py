@@ -56,7 +56,7 @@ class ExtractorConfig(Strict):
     epochs: int = Field(30, ge=0)
     batch_size: int = Field(256, ge=2)
     lr: float | None = Field(None, gt=0)
-    seed: int = 0
+    seed: int | list[int] = 0  # pre-training seed; a list runs one extractor per seed
     amp: bool = True  # bf16 autocast for pre-training on CUDA; no effect on CPU
     checkpoint: str | None = None
     name: str | None = None  # label in results; default "<arch>-<method>" or the checkpoint stem
@@ -69,6 +69,18 @@ class ExtractorConfig(Strict):
         if v not in ARCHS:
             raise ValueError(f"unknown arch {v!r}; choose one of: {', '.join(ARCHS)}")
         return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seeds(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("seed must be an integer or a non-empty list of distinct integers")
+        return v
+
+    def per_seed(self) -> list[ExtractorConfig]:
+        """One config per pre-training seed (the same label: seeds are replicates)."""
+        seeds = self.seed if isinstance(self.seed, list) else [self.seed]
+        return [self.model_copy(update={"seed": s}) for s in seeds]
 
     @property
     def label(self) -> str:
@@ -145,7 +157,8 @@ class Config(Strict):
     linf: float | None = Field(None, gt=0)
     eps: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.3])
     defenses: list[Any] = Field(default_factory=lambda: ["none"])
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[int] = Field(default_factory=lambda: [0])  # attack seeds (see docs/config.md)
+    split_seeds: list[int] = Field(default_factory=lambda: [0])  # train/test re-splits
     data_root: str | None = None
     download: bool = True
     device: str = "auto"
@@ -187,11 +200,18 @@ class Config(Strict):
             raise ValueError("eps must list at least one budget, e.g. [0.03, 0.1]")
         return [check_eps(e) for e in v]
 
-    @field_validator("seeds", "settings", "regimes", "defenses", "extractor")
+    @field_validator("seeds", "split_seeds", "settings", "regimes", "defenses", "extractor")
     @classmethod
     def _non_empty(cls, v: list) -> list:
         if not v:
             raise ValueError("must not be empty")
+        return v
+
+    @field_validator("seeds", "split_seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("lists the same seed twice; each seed is one replicate")
         return v
 
     @field_validator("device")
@@ -207,8 +227,22 @@ class Config(Strict):
         labels = [a.column for a in self.attacks]
         if len(set(labels)) != len(labels):
             raise ValueError("two attacks share a label; give each variant its own 'label'")
+        entries = self.extractor if isinstance(self.extractor, list) else [self.extractor]
+        ext_labels = [e.label for e in entries]
+        for label in ext_labels:
+            if ext_labels.count(label) > 1:
+                raise ValueError(
+                    f"two extractors share the label {label!r}; give each its own 'name' "
+                    "(labels key the results)"
+                )
         for spec in self.attacks:
-            get_attack(spec.name).check_params(spec.params)
+            info = get_attack(spec.name)
+            info.check_params(spec.params)
+            if info.regimes != ("feature",) and not set(info.regimes) & set(self.regimes):
+                raise ValueError(
+                    f"attack {spec.column!r} runs only in regime(s) {', '.join(info.regimes)} "
+                    f"but regimes is {self.regimes}; add one of them or drop the attack"
+                )
         for spec in self.defenses:
             parse_defense(spec)
         from ..data import dataset_names
@@ -222,6 +256,16 @@ class Config(Strict):
                         f"setting {setting.name!r}: unknown dataset {spec!r}; "
                         f"choose one of: {', '.join(known)}"
                     )
+        if any(self.split_seeds):
+            from ..data.base import resplits
+
+            for setting in self.settings:
+                if not resplits(setting.target):
+                    raise ValueError(
+                        f"split_seeds {self.split_seeds}: setting {setting.name!r} probes "
+                        f"{setting.target}, which has one fixed train/test split; use "
+                        "split_seeds: [0] (re-splitting is for digits)"
+                    )
         names = [s.name for s in self.settings]
         if len(set(names)) != len(names):
             raise ValueError("two settings share a name; names key the results")
@@ -229,7 +273,9 @@ class Config(Strict):
 
     @property
     def extractors(self) -> list[ExtractorConfig]:
-        return self.extractor if isinstance(self.extractor, list) else [self.extractor]
+        """The extractors to run, one entry per (configured extractor, pre-training seed)."""
+        entries = self.extractor if isinstance(self.extractor, list) else [self.extractor]
+        return [one for entry in entries for one in entry.per_seed()]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

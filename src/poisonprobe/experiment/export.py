@@ -8,20 +8,35 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..attacks import PoisonSet
 from ..errors import ConfigError, ResourceError, error_gist
+from .results import replicate
 
 
-def poison_file(
-    out_dir: Path, setting: str, extractor: str, attack: str, regime: str, eps: float, seed: int
-) -> Path:
-    name = f"{setting}__{extractor}__{attack}__{regime}__eps{eps:g}__seed{seed}.pt"
-    return Path(out_dir) / "poisons" / name
+def poison_file(out_dir: Path, row: Mapping[str, Any]) -> Path:
+    """Where the poisons of a results row's attack run live (one file serves every defence).
+
+    Replicate axes appear in the name when not 0; each config keeps its poisons in its own
+    ``poisons/<config_id>/`` folder (a folder may hold several configs' rows, see ``--add``).
+    """
+    name = (
+        f"{row['setting']}__{row['extractor']}__{row['attack']}__{row['regime']}"
+        f"__eps{float(row['eps']):g}__seed{int(row['seed'])}"
+    )
+    for column, tag in (("extractor_seed", "xs"), ("split_seed", "ss")):
+        value = replicate(row.get(column))
+        if value:
+            name += f"__{tag}{value}"
+    config = row.get("config_id")
+    folder = Path(out_dir) / "poisons" / (config if isinstance(config, str) else "")
+    return folder / f"{name}.pt"
 
 
 def save_poisons(path: Path, poison: PoisonSet) -> None:

@@ -18,7 +18,19 @@ import pandas as pd
 
 from ..errors import ConfigError, ResourceError, error_gist
 
-KEY_COLUMNS = ["setting", "extractor", "attack", "regime", "eps", "defense", "seed"]
+KEY_COLUMNS = [
+    "setting",
+    "extractor",
+    "attack",
+    "regime",
+    "eps",
+    "defense",
+    "seed",
+    "extractor_seed",
+    "split_seed",
+]
+"""What a row is about (the human key); ``cell_id`` says how it was computed."""
+INT_KEYS = ("seed", "extractor_seed", "split_seed")
 COLUMNS = [
     "setting",
     "source",
@@ -29,6 +41,8 @@ COLUMNS = [
     "eps",
     "defense",
     "seed",
+    "extractor_seed",
+    "split_seed",
     "n_clean",
     "n_poison",
     "clean_acc",
@@ -42,14 +56,29 @@ COLUMNS = [
     "seconds",
     "attack_seconds",
     "stages",
+    "cell_id",
+    "config_id",
     "info",
 ]
 
 
+def replicate(value: Any) -> int:
+    """A replicate-axis value as an int; missing (older files: empty, NaN) means 0."""
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return 0
+    return int(value)
+
+
 def row_key(row: dict[str, Any]) -> tuple:
-    """The identity of a cell; ``eps`` is rounded so 0.1 read back from CSV still matches."""
+    """What a row is about; ``eps`` is rounded so 0.1 read back from CSV still matches.
+
+    Files written before the replicate axes existed lack ``extractor_seed``/``split_seed``:
+    they were 0 then.
+    """
     return tuple(
-        round(float(row[c]), 10) if c == "eps" else (int(row[c]) if c == "seed" else str(row[c]))
+        round(float(row[c]), 10)
+        if c == "eps"
+        else (replicate(row.get(c)) if c in INT_KEYS else str(row[c]))
         for c in KEY_COLUMNS
     )
 
@@ -63,7 +92,7 @@ def _fmt(value: Any) -> str:
 
 
 class ResultsStore:
-    """Append-only (from the user's view) results table at ``path``."""
+    """Append-only (from the user's view) results table at ``path``, keyed by ``cell_id``."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -71,21 +100,31 @@ class ResultsStore:
         if self.path.exists():
             with self.path.open(newline="") as fh:
                 self.rows = list(csv.DictReader(fh))
-        self._keys = {row_key(r) for r in self.rows}
+        self._ids = {r.get("cell_id") or "" for r in self.rows} - {""}
+        self._by_key: dict[tuple, set[str]] = {}
+        for r in self.rows:
+            self._by_key.setdefault(row_key(r), set()).add(r.get("cell_id") or "")
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def has(self, key: tuple) -> bool:
-        return key in self._keys
+    def has(self, cell: str) -> bool:
+        """Is the row with this fingerprint already here (computed exactly so)?"""
+        return cell in self._ids
+
+    def conflicts(self, row: dict[str, Any]) -> bool:
+        """Does the file hold a row about the same cell computed differently?"""
+        ids = self._by_key.get(row_key(row), set())
+        return bool(ids - {row["cell_id"]})
 
     def append(self, row: dict[str, Any]) -> None:
         """Add one row and durably rewrite the file (never half-written)."""
-        key = row_key(row)
-        if key in self._keys:
+        cell = row["cell_id"]
+        if cell in self._ids:
             return
         self.rows.append({c: _fmt(row.get(c)) for c in COLUMNS})
-        self._keys.add(key)
+        self._ids.add(cell)
+        self._by_key.setdefault(row_key(row), set()).add(cell)
         self._write()
 
     def _write(self) -> None:

@@ -29,7 +29,8 @@ from ..progress import Reporter
 from ..threads import single_thread_if_small
 from ..victim import LinearHead, VictimConfig, train_head
 from .config import AttackSpec, Config, ExtractorConfig, SettingConfig, load_config
-from .results import ResultsStore, atomic_write_text, row_key
+from .plan import cell_id, check_same_experiment, config_id
+from .results import ResultsStore, atomic_write_text
 
 log = logging.getLogger("poisonprobe")
 
@@ -68,6 +69,21 @@ class Prepared:
     checkpoint: str | None
     checkpoint_sha256: str | None
     seconds: dict[str, float] = field(default_factory=dict)
+    split_seed: int = 0
+
+    def identity(self) -> dict[str, Any]:
+        """What the cells of this (setting, split, extractor) depend on, for ``cell_id``."""
+        extractor = self.checkpoint_sha256 or self.ext_cfg.model_dump(mode="json", exclude={"name"})
+        return {
+            "setting": {
+                "name": self.setting.name,
+                "source": self.setting.source,
+                "target": self.setting.target,
+                "data": [self.target.train.fingerprint(), self.target.test.fingerprint()],
+                "split_seed": self.split_seed,
+            },
+            "extractor": extractor,
+        }
 
 
 def obtain_extractor(
@@ -120,9 +136,10 @@ def prepare(
     device: torch.device,
     reporter: Reporter,
     feature_cache,
+    split_seed: int = 0,
 ) -> Prepared:
-    source = load_dataset(setting.source, cfg.data_root, download=cfg.download)
-    target = load_dataset(setting.target, cfg.data_root, download=cfg.download)
+    source = load_dataset(setting.source, cfg.data_root, split_seed, download=cfg.download)
+    target = load_dataset(setting.target, cfg.data_root, split_seed, download=cfg.download)
     if source.domain.shape != target.domain.shape:
         raise DataError(
             f"setting {setting.name!r}: source {setting.source} has input shape "
@@ -148,12 +165,24 @@ def prepare(
     seconds["encode"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     vcfg = victim_config(cfg)
-    head = train_head(z_train, target.train.y.to(device), target.train.n_classes, vcfg)
+    y_train = target.train.y.to(device)
+    head = train_head(z_train, y_train, target.train.n_classes, vcfg, seed=VICTIM_SEED)
     clean_acc = head.accuracy(z_test, target.test.y.to(device))
     seconds["clean_head"] = time.perf_counter() - t0
     reporter.log(f"{setting.name}/{ext_cfg.label}: clean test accuracy {clean_acc:.4f}")
     return Prepared(
-        setting, ext_cfg, ext, target, z_train, z_test, head, clean_acc, path, sha, seconds
+        setting,
+        ext_cfg,
+        ext,
+        target,
+        z_train,
+        z_test,
+        head,
+        clean_acc,
+        path,
+        sha,
+        seconds,
+        split_seed,
     )
 
 
@@ -209,9 +238,8 @@ def evaluate(
     """Defend (without seeing poison flags), retrain the victim, measure test accuracy."""
     inp = DefenseInput(ts.z, ts.y, ts.in_box, prep.target.train.n_classes, vcfg, seed)
     keep = apply_defense(spec, inp, default_fraction=eps).to(ts.z.device)
-    head = train_head(
-        ts.z[keep], ts.y[keep], prep.target.train.n_classes, vcfg, init=prep.clean_head, seed=seed
-    )
+    start = victim_start(vcfg, prep.clean_head)
+    head = train_head(ts.z[keep], ts.y[keep], prep.target.train.n_classes, vcfg, **start)
     acc = head.accuracy(prep.z_test, prep.target.test.y.to(prep.z_test.device))
     n_poison = int(ts.is_poison.sum())
     n_clean = int((~ts.is_poison).sum())
@@ -226,15 +254,37 @@ def evaluate(
 
 
 def attack_regimes(spec: AttackSpec, cfg: Config) -> list[str]:
-    """The regimes this attack runs in: the config's, restricted to those it supports."""
+    """The regimes this attack runs in: the config's, restricted to those it supports.
+
+    Never one the config did not ask for: the config refuses an attack none of whose regimes
+    it lists (feature-injection attacks have the one regime ``feature``)."""
     supported = get_attack(spec.name).regimes
     if supported == ("feature",):
         return ["feature"]
-    chosen = [r for r in cfg.regimes if r in supported]
-    return chosen or [supported[0]]
+    return [r for r in cfg.regimes if r in supported]
+
+
+VICTIM_SEED = 0
+"""The SGD victim's data-order seed, the same for the clean and every poisoned head."""
+
+
+def victim_start(vcfg: VictimConfig, clean_head: LinearHead) -> dict[str, Any]:
+    """How every retrain starts: the exact solver warm-starts from the clean head (its optimum
+    does not depend on the start); SGD starts where the clean head started (zeros, the same
+    data order), so an unpoisoned retrain reproduces the clean head and its drop is exactly 0."""
+    if vcfg.solver == "lbfgs":
+        return {"init": clean_head}
+    return {"init": None, "seed": VICTIM_SEED}
 
 
 BACKENDS = ("local", "ray")
+
+
+def default_out(config: str | Path | dict | Config | None) -> Path:
+    """``runs/<config file stem>``; ``runs/default`` for the embedded default or a mapping."""
+    if isinstance(config, str | Path):
+        return Path("runs") / Path(config).stem
+    return Path("runs") / "default"
 
 
 def run(
@@ -243,9 +293,13 @@ def run(
     quiet: bool = False,
     backend: str = "local",
     ray_address: str | None = None,
+    add: bool = False,
 ) -> pd.DataFrame:
     """Run an experiment and return its results (also written to ``out/results.csv``).
 
+    ``out`` defaults to ``runs/<config stem>``. A folder made by a config that differs in
+    anything that changes results is refused (one line naming the keys) unless ``add``, which
+    adds this config's cells beside the old ones, each row keyed by its own ``cell_id``.
     ``backend="ray"`` runs each (setting, extractor, seed) as a Ray task (a local Ray
     instance, or the cluster at ``ray_address``); the rows are the same as ``"local"``.
     """
@@ -260,9 +314,16 @@ def run(
         import_ray()  # fail in one line before any work when ray is missing
     reporter = Reporter(quiet=quiet)
     device = resolve_device(cfg.device)
-    out_dir = Path(out) if out is not None else Path("runs") / "default"
+    out_dir = Path(out) if out is not None else default_out(config)
+    config_path = out_dir / "config.yaml"
+    old_config = config_path.read_text() if config_path.is_file() else None
+    check_same_experiment(old_config, cfg, add)
     store = ResultsStore(out_dir / "results.csv")
-    atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+    run_id = config_id(cfg)
+    if old_config is None:
+        atomic_write_text(config_path, cfg.to_yaml())
+    elif add:
+        atomic_write_text(out_dir / f"config-{run_id}.yaml", cfg.to_yaml())
     if not quiet:
         reporter.console.print(
             f"[bold]poisonprobe run[/] → {out_dir}  (device {device}, backend {backend})"
@@ -279,31 +340,55 @@ def run(
     cells = _count_cells(cfg, defenses)
     manifest = _manifest(cfg, out_dir)
 
-    def prepared(setting: SettingConfig, ext_cfg: ExtractorConfig) -> Prepared:
+    def prepared(setting: SettingConfig, ext_cfg: ExtractorConfig, split_seed: int) -> Prepared:
         reporter.describe(f"{setting.name}/{ext_cfg.label}: preparing")
-        prep = prepare(setting, ext_cfg, cfg, device, reporter, feature_cache)
+        prep = prepare(setting, ext_cfg, cfg, device, reporter, feature_cache, split_seed)
+        for seed in cfg.seeds:
+            check_no_conflicts(store, unit_cells(prep, cfg, seed, defenses, device), add)
         manifest["settings"].append(_setting_record(prep))
         atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2))
         return prep
 
+    units = [
+        (setting, ext_cfg, split_seed)
+        for setting in cfg.settings
+        for split_seed in cfg.split_seeds
+        for ext_cfg in cfg.extractors
+    ]
     with reporter.session(total=cells, description="poisonprobe"):
         if backend == "ray":
             from .backends import run_ray
 
-            # the driver prepares each (setting, extractor) first: pre-training and
+            # the driver prepares each (setting, split, extractor) first: pre-training and
             # features land in the shared cache once, and workers only load them
-            for setting in cfg.settings:
-                for ext_cfg in cfg.extractors:
-                    prepared(setting, ext_cfg)
-            run_ray(cfg, defenses, store, reporter, out_dir, device, ray_address)
+            preps = [prepared(*unit) for unit in units]
+            run_ray(cfg, preps, defenses, store, reporter, out_dir, device, run_id, ray_address)
         else:
-            for setting in cfg.settings:
-                for ext_cfg in cfg.extractors:
-                    prep = prepared(setting, ext_cfg)
-                    for seed in cfg.seeds:
-                        _run_seed(prep, cfg, seed, defenses, vcfg, store, reporter, device, out_dir)
+            for unit in units:
+                prep = prepared(*unit)
+                for seed in cfg.seeds:
+                    _run_seed(
+                        prep, cfg, seed, defenses, vcfg, store, reporter, device, out_dir, run_id
+                    )
     finish_report(out_dir)
     return store.frame()
+
+
+def check_no_conflicts(store: ResultsStore, planned: list[dict[str, Any]], add: bool) -> None:
+    """Refuse when the folder holds a row about a planned cell that was computed differently
+    (other data, extractor weights, victim, attack parameters or code version)."""
+    if add:
+        return
+    for row in planned:
+        if store.conflicts(row):
+            what = "/".join(
+                str(row[k]) for k in ("setting", "extractor", "attack", "regime", "eps", "seed")
+            )
+            raise ConfigError(
+                f"{store.path} holds a row for {what} computed with another setup (data, "
+                "extractor weights, victim, parameters or code version); choose another --out "
+                "or pass --add to keep both"
+            )
 
 
 def finish_report(out_dir: Path) -> Path:
@@ -323,23 +408,63 @@ def _figure_name(*parts: str) -> str:
 class RowSink(Protocol):
     """Where ``_run_seed`` puts rows: the ResultsStore locally, a collector in a Ray worker."""
 
-    def has(self, key: tuple) -> bool: ...
+    def has(self, cell: str) -> bool: ...
 
     def append(self, row: dict[str, Any]) -> None: ...
 
 
-def unit_keys(
-    setting: SettingConfig, ext_cfg: ExtractorConfig, cfg: Config, seed: int, defenses: list
-) -> list[tuple]:
-    """The row keys one (setting, extractor, seed) unit writes, in ``_run_seed``'s order."""
-    base = {"setting": setting.name, "extractor": ext_cfg.label, "seed": seed}
-    cells = [("none", "-", eps) for eps in cfg.eps]
+def row_identity(
+    prep: Prepared,
+    cfg: Config,
+    device: torch.device,
+    seed: int,
+    attack: AttackSpec | None,
+    regime: str,
+    eps: float,
+    defense: DefenseSpec,
+) -> dict[str, Any]:
+    """A row's key fields and its ``cell_id`` (``attack=None``: the unpoisoned row)."""
+    name = attack.column if attack is not None else "none"
+    ident = prep.identity()
+    cell = cell_id(
+        setting=ident["setting"],
+        extractor=ident["extractor"],
+        victim=cfg.victim.model_dump(mode="json"),
+        attack=attack.name if attack is not None else "none",
+        params=attack.params if attack is not None else {},
+        regime=regime,
+        linf=cfg.linf if attack is not None else None,
+        eps=eps,
+        defense=defense.label,
+        seed=seed,
+        device=device.type,
+        batch_size=cfg.batch_size,
+    )
+    return {
+        "setting": prep.setting.name,
+        "extractor": prep.ext_cfg.label,
+        "attack": name,
+        "regime": regime,
+        "eps": eps,
+        "defense": defense.label,
+        "seed": seed,
+        "extractor_seed": prep.ext_cfg.seed,
+        "split_seed": prep.split_seed,
+        "cell_id": cell,
+    }
+
+
+def unit_cells(
+    prep: Prepared, cfg: Config, seed: int, defenses: list[DefenseSpec], device: torch.device
+) -> list[dict[str, Any]]:
+    """The rows one (setting, split, extractor, seed) unit writes, in ``_run_seed``'s order."""
+    cells: list[tuple[AttackSpec | None, str, float]] = [(None, "-", eps) for eps in cfg.eps]
     for spec in cfg.attacks:
         for regime in attack_regimes(spec, cfg):
-            cells += [(spec.column, regime, eps) for eps in cfg.eps]
+            cells += [(spec, regime, eps) for eps in cfg.eps]
     return [
-        row_key({**base, "attack": a, "regime": r, "eps": eps, "defense": d.label})
-        for a, r, eps in cells
+        row_identity(prep, cfg, device, seed, spec, regime, eps, d)
+        for spec, regime, eps in cells
         for d in defenses
     ]
 
@@ -354,25 +479,28 @@ def _run_seed(
     reporter: Reporter,
     device: torch.device,
     out_dir: Path,
+    run_id: str = "",
 ) -> None:
-    """Every cell of one seed; cells whose key ``store`` already has are skipped."""
+    """Every cell of one seed; cells whose ``cell_id`` ``store`` already has are skipped."""
     memo: dict[str, Any] = {}
-    figures = seed == cfg.seeds[0]
+    figures = seed == cfg.seeds[0] and prep.split_seed == cfg.split_seeds[0]
     projected: dict[str, torch.Tensor] = {}
     base = {
-        "setting": prep.setting.name,
         "source": prep.setting.source,
         "target": prep.setting.target,
-        "extractor": prep.ext_cfg.label,
-        "seed": seed,
         "n_clean": len(prep.target.train),
         "clean_acc": prep.clean_acc,
+        "config_id": run_id,
     }
+
+    def identity(spec: AttackSpec | None, regime: str, eps: float, d: DefenseSpec) -> dict:
+        return {**base, **row_identity(prep, cfg, device, seed, spec, regime, eps, d)}
+
     clean_ts = build_training_set(prep, None, cfg.batch_size)
     for eps in cfg.eps:
         for d in defenses:
-            row = {**base, "attack": "none", "regime": "-", "eps": eps, "defense": d.label}
-            if store.has(row_key(row)):
+            row = identity(None, "-", eps, d)
+            if store.has(row["cell_id"]):
                 reporter.advance()
                 continue
             t0 = time.perf_counter()
@@ -384,17 +512,8 @@ def _run_seed(
         info = get_attack(spec.name)
         for regime in attack_regimes(spec, cfg):
             for eps in cfg.eps:
-                keys = {
-                    d.label: {
-                        **base,
-                        "attack": spec.column,
-                        "regime": regime,
-                        "eps": eps,
-                        "defense": d.label,
-                    }
-                    for d in defenses
-                }
-                todo = [d for d in defenses if not store.has(row_key(keys[d.label]))]
+                keys = {d.label: identity(spec, regime, eps, d) for d in defenses}
+                todo = [d for d in defenses if not store.has(keys[d.label]["cell_id"])]
                 if not todo:
                     reporter.advance(len(defenses))
                     continue
@@ -429,18 +548,7 @@ def _run_seed(
                 if cfg.save_poisons:
                     from .export import poison_file, save_poisons
 
-                    save_poisons(
-                        poison_file(
-                            out_dir,
-                            prep.setting.name,
-                            prep.ext_cfg.label,
-                            spec.column,
-                            regime,
-                            eps,
-                            seed,
-                        ),
-                        poison,
-                    )
+                    save_poisons(poison_file(out_dir, keys[todo[0].label]), poison)
                 if figures and eps == max(cfg.eps):
                     _record_figures(prep, spec.column, regime, eps, poison, ts, out_dir, projected)
                 for d in todo:
@@ -509,9 +617,10 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _count_cells(cfg: Config, defenses: list) -> int:
-    """Rows the whole grid writes (one unit's keys, times the units)."""
-    per_unit = len(unit_keys(cfg.settings[0], cfg.extractors[0], cfg, cfg.seeds[0], defenses))
-    return per_unit * len(cfg.seeds) * len(cfg.settings) * len(cfg.extractors)
+    """Rows the whole grid writes (one unit's rows, times the units)."""
+    per_eps = 1 + sum(len(attack_regimes(spec, cfg)) for spec in cfg.attacks)
+    units = len(cfg.seeds) * len(cfg.settings) * len(cfg.extractors) * len(cfg.split_seeds)
+    return per_eps * len(cfg.eps) * len(defenses) * units
 
 
 def _manifest(cfg: Config, out_dir: Path) -> dict[str, Any]:
@@ -536,6 +645,8 @@ def _manifest(cfg: Config, out_dir: Path) -> dict[str, Any]:
 def _setting_record(prep: Prepared) -> dict[str, Any]:
     return {
         "setting": prep.setting.name,
+        "split_seed": prep.split_seed,
+        "extractor_seed": prep.ext_cfg.seed,
         "source": prep.setting.source,
         "target": prep.setting.target,
         "extractor": prep.ext_cfg.label,

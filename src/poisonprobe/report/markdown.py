@@ -8,19 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..experiment.results import atomic_write_text, read_results
-
-
-def mean_ci(values: pd.Series) -> tuple[float, float]:
-    """Mean and the half-width of a 95% t-interval (0 for a single seed)."""
-    vals = values.dropna().astype(float)
-    n = len(vals)
-    if n == 0:
-        return float("nan"), float("nan")
-    if n == 1:
-        return float(vals.iloc[0]), 0.0
-    from scipy.stats import t
-
-    return float(vals.mean()), float(t.ppf(0.975, n - 1) * vals.std(ddof=1) / math.sqrt(n))
+from .stats import mean_ci, table_keys
 
 
 def fmt_cell(mean: float, half: float, pct: bool = True) -> str:
@@ -43,7 +31,7 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 def drop_table(df: pd.DataFrame, value: str = "drop") -> pd.DataFrame:
     """Rows (setting, extractor, attack, regime, defense) × columns eps, cells mean ± CI."""
-    keys = ["setting", "extractor", "attack", "regime", "defense"]
+    keys = table_keys(df)
     eps_values = sorted(df["eps"].unique())
     out = []
     for key, group in df.groupby(keys, sort=False):

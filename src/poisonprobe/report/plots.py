@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from .stats import mean_ci  # noqa: E402
+
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
@@ -25,12 +27,12 @@ def plot_accuracy_vs_eps(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.axhline(clean * 100, color="black", lw=1, ls="--", label="clean")
         attacks = g[g["attack"] != "none"]
         for (attack, regime), ga in attacks.groupby(["attack", "regime"]):
-            stats = ga.groupby("eps")["poisoned_acc"].agg(["mean", "std", "count"]).reset_index()
-            err = (stats["std"].fillna(0) / stats["count"] ** 0.5) * 1.96 * 100
+            eps = sorted(ga["eps"].unique())
+            cis = [mean_ci(ga.loc[ga["eps"] == e, "poisoned_acc"]) for e in eps]
             ax.errorbar(
-                stats["eps"],
-                stats["mean"] * 100,
-                yerr=err,
+                eps,
+                [100 * mean for mean, _ in cis],
+                yerr=[100 * half for _, half in cis],
                 marker="o",
                 capsize=3,
                 label=f"{attack} [{regime}]",
