@@ -101,7 +101,8 @@ class AttackContext:
     def __post_init__(self) -> None:
         # BatchNorm/Dropout in train mode would make an attack see other features than the
         # victim's cache holds (and change running statistics): attacks see the eval network
-        self.extractor.eval()
+        if self.extractor is not None:  # feature-only tests may pass none
+            self.extractor.eval()
 
     @property
     def n_clean(self) -> int:
