@@ -308,6 +308,25 @@ ID0 = {"cell_id": "cell-clean", "config_id": "cfg"}
 ID1 = {"cell_id": "cell-flip", "config_id": "cfg"}
 
 
+def _export_ambiguous(d: Path) -> list[str]:
+    """A run whose label-flip cell exists in two regimes: export must ask which."""
+    from poisonprobe.experiment.results import ResultsStore
+
+    run = fake_run(d)
+    store = ResultsStore(d / run / "results.csv")
+    row = next(r for r in store.rows if r["attack"] == "label-flip")
+    store.append({**row, "regime": "unconstrained", "cell_id": "cell-flip-unconstrained"})
+    return ["export", run, "--attack", "label-flip", "--eps", "0.1"]
+
+
+def _relative_to_config(d: Path) -> list[str]:
+    """The npz sits in the shell's folder, the config in configs/: paths in a config are
+    relative to the config file, so it is not found (and the error names where it looked)."""
+    npz(d, "data.npz")
+    cfg = data_cfg("npz:data.npz")
+    return ["run", write(d, "configs/x.yaml", yaml.safe_dump(cfg)), "--out", str(d / "o"), "-q"]
+
+
 def poison_path(d: Path, run: str) -> Path:
     from poisonprobe.experiment.export import poison_file
 
@@ -642,7 +661,25 @@ def _cases() -> list[Case]:
         shown_cfg = f"`eps: [{shown}]`" if value != [] else "`eps: []`"
         cfg = {"eps": value if value == [] else [value]}
         add(f"eps = {shown}", shown_cfg, "eps", lambda d, cfg=cfg: run_cfg(d, cfg))
-    add("eps not a list", "`eps: 0.1`", "eps", lambda d: run_cfg(d, {"eps": 0.1}))
+    add(
+        "eps a quoted number",
+        '`eps: ["0.1"]`',
+        "without quotes",
+        lambda d: run_cfg(d, {"eps": ["0.1"]}),
+    )
+    add(
+        "number field a quoted number",
+        "`victim: {weight_decay: '1e-3'}`",
+        ("victim.weight_decay", "without quotes"),
+        lambda d: run_yaml(d, "victim: {weight_decay: '1e-3'}\n"),
+    )
+    add("seeds a boolean", "`seeds: [true]`", "seeds", lambda d: run_cfg(d, {"seeds": [True]}))
+    add(
+        "download not a boolean",
+        "`download: 'yes'`",
+        "download",
+        lambda d: run_yaml(d, "download: 'yes'\n"),
+    )
     for key, value in [(0, "0"), (-3, "-3"), (2.5, "2.5"), ("big", "big")]:
         add(
             f"batch_size = {value}",
@@ -764,9 +801,9 @@ def _cases() -> list[Case]:
     # attacks
     add(
         "attacks not a list",
-        "`attacks: label-flip`",
+        "`attacks: 5`",
         "attacks",
-        lambda d: run_cfg(d, {"attacks": "label-flip"}),
+        lambda d: run_cfg(d, {"attacks": 5}),
     )
     add(
         "attack entry a number",
@@ -1202,6 +1239,24 @@ def _cases() -> list[Case]:
         "results name setting `finetune`, config.yaml only `other`",
         "finetune",
         _export_setting_gone,
+    )
+    add(
+        "export: ambiguous cell",
+        "label-flip ran in two regimes, no `--regime`",
+        ("--regime (box, unconstrained)",),
+        _export_ambiguous,
+    )
+    add(
+        "pretrain together with a checkpoint",
+        "`extractor: {pretrain: true, checkpoint: w.pt}`",
+        "exclude each other",
+        lambda d: run_cfg(d, {"extractor": {"pretrain": True, "checkpoint": "w.pt"}}),
+    )
+    add(
+        "relative data path",
+        "`npz:data.npz` in `configs/x.yaml`, file next to the shell, not the config",
+        "configs/data.npz",
+        _relative_to_config,
     )
     add(
         "pretrain: unknown arch",

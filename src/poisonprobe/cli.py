@@ -51,28 +51,66 @@ def run(
     add: bool = typer.Option(
         False, "--add", help="OUT holds another config's results: add this one's beside them"
     ),
+    pretrain: bool = typer.Option(
+        False,
+        "--pretrain",
+        help="pre-train every extractor with SSL here instead of loading the shipped weights "
+        "(same as extractor.pretrain: true)",
+    ),
 ) -> None:
     """Run an experiment; write OUT/results.csv and OUT/report.md."""
-    from rich.markup import escape
-
+    from .experiment.config import load_config, with_pretrain
     from .experiment.runner import default_out
     from .experiment.runner import run as run_experiment
-    from .report.markdown import drop_table
 
     _setup_logging(verbose)
     out = out if out is not None else default_out(config)
+    cfg = load_config(config)
+    if pretrain:
+        cfg = with_pretrain(cfg)
     df = run_experiment(
-        config, out=out, quiet=quiet, backend=backend, ray_address=ray_address, add=add
+        cfg,
+        out=out,
+        quiet=quiet,
+        backend=backend,
+        ray_address=ray_address,
+        add=add,
+        verbose=verbose,
     )
     if not quiet:
-        table = drop_table(df, "drop")
-        rich_table = Table(title="accuracy drop (pt)")
-        for col in table.columns:
-            rich_table.add_column(str(col))
-        for _, row in table.iterrows():
-            rich_table.add_row(*[escape(str(v)) for v in row.tolist()])  # labels like a[k=v]
-        console.print(rich_table)
-    console.print(f"wrote {out / 'results.csv'} ({len(df)} rows) and {out / 'report.md'}")
+        for title, table in drop_tables(df):
+            console.print(title, markup=False, highlight=False)
+            console.print(table)
+    console.print(
+        f"wrote {out / 'results.csv'} ({len(df)} rows) and {out / 'report.md'}", soft_wrap=True
+    )
+
+
+def drop_tables(df) -> list[tuple[str, Table]]:
+    """The drop table split into one (title, Rich table) per (setting, extractor, defence),
+    whose columns fold rather than clip, so every number shows at 80 columns."""
+    from rich.markup import escape
+
+    from .report.markdown import drop_table, one_image_pt
+
+    tables = []
+    full = drop_table(df, "drop")
+    for (setting, extractor, defense), part in full.groupby(
+        ["setting", "extractor", "defense"], sort=False
+    ):
+        rows = df[(df["setting"] == setting) & (df["extractor"] == extractor)]
+        image = one_image_pt(rows)
+        note = f" · 1 test image = {image:.2g} pt" if image is not None else ""
+        title = f"drop (pt) · {setting} · {extractor} · defence {defense}{note}"
+        table = Table()
+        cols = [c for c in part.columns if c not in ("setting", "extractor", "defense")]
+        for col in cols:
+            justify = "right" if str(col).startswith("eps=") else "left"
+            table.add_column(escape(str(col)), overflow="fold", justify=justify)
+        for _, row in part[cols].iterrows():
+            table.add_row(*[escape(str(v)) for v in row.tolist()])  # labels like a[k=v]
+        tables.append((title, table))
+    return tables
 
 
 @app.command()
@@ -89,13 +127,17 @@ def datasets() -> None:
 @app.command()
 def attacks() -> None:
     """List the registered attacks, their regimes and parameters."""
+    from rich.markup import escape
+
     from .attacks.base import attack_names, get_attack
 
-    table = Table("name", "regimes", "parameters", "description")
+    table = Table(show_lines=True)
+    for col in ("name", "regimes", "parameters (defaults)", "description"):
+        table.add_column(col, overflow="fold")  # fold long values, never clip them
     for name in attack_names():
         info = get_attack(name)
-        params = ", ".join(f"{k}={p.default!r}" for k, p in info.params().items())
-        table.add_row(name, ",".join(info.regimes), params, info.description)
+        params = "\n".join(f"{k}={p.default!r}" for k, p in info.params().items())
+        table.add_row(name, "\n".join(info.regimes), escape(params), escape(info.description))
     console.print(table)
 
 
@@ -137,7 +179,7 @@ def pretrain(
 
     try:
         ext_cfg = ExtractorConfig(
-            arch=arch, method=method, epochs=epochs, batch_size=batch_size, seed=seed
+            arch=arch, method=method, epochs=epochs, batch_size=batch_size, seed=seed, pretrain=True
         )
     except ValidationError as err:
         first = err.errors()[0]
@@ -178,20 +220,27 @@ def export(
     out: Path = typer.Argument(..., help="a run folder"),
     attack: str = typer.Option(..., help="attack label as in results.csv"),
     eps: float = typer.Option(..., help="budget as in results.csv"),
-    setting: str | None = typer.Option(None, help="default: the run's first setting"),
-    regime: str | None = typer.Option(None, help="default: the attack's only/first regime"),
-    seed: int | None = typer.Option(None, help="default: the run's first seed"),
+    setting: str | None = typer.Option(None, help="needed when the run has several settings"),
+    extractor: str | None = typer.Option(None, help="needed when the run has several"),
+    regime: str | None = typer.Option(None, help="needed when the attack ran in several"),
+    seed: int | None = typer.Option(None, help="needed when the run has several seeds"),
+    extractor_seed: int | None = typer.Option(None, help="needed when it has several"),
+    split_seed: int | None = typer.Option(None, help="needed when it has several"),
+    config_id: str | None = typer.Option(None, help="needed when OUT holds several configs"),
     fmt: str = typer.Option("npz", "--format", help="npz | imagefolder"),
     dest: Path | None = typer.Option(None, help="default: OUT/export/<cell>[.npz]"),
 ) -> None:
-    """Write the poisoned training set of one cell, for any other training code."""
+    """Write the poisoned training set of one cell (and the clean test split), for any other
+    training code; both formats read back as npz:/imagefolder: datasets."""
     from .data import load_dataset
     from .errors import ConfigError
     from .experiment.config import load_config
     from .experiment.export import (
         load_poisons,
+        out_of_box,
         poison_file,
         poisoned_training_set,
+        select_cell,
         write_imagefolder,
         write_npz,
     )
@@ -203,19 +252,19 @@ def export(
         raise ConfigError(f"{out}/results.csv not found; pass the --out folder of a run")
     cfg = load_config(out / "config.yaml")
     df = read_results(out / "results.csv")
-    rows = df[(df["attack"] == attack) & ((df["eps"] - eps).abs() < 1e-9)]
-    if setting:
-        rows = rows[rows["setting"] == setting]
-    if regime:
-        rows = rows[rows["regime"] == regime]
-    if seed is not None:
-        rows = rows[rows["seed"] == seed]
-    if rows.empty:
-        raise ConfigError(
-            f"no results for attack={attack} eps={eps:g} in {out}; "
-            f"attacks there: {', '.join(sorted(df['attack'].unique()))}"
-        )
-    row = rows.iloc[0]
+    row = select_cell(
+        df,
+        attack,
+        eps,
+        out,
+        setting=setting,
+        extractor=extractor,
+        regime=regime,
+        seed=seed,
+        extractor_seed=extractor_seed,
+        split_seed=split_seed,
+        config_id=config_id,
+    )
     target = next((s.target for s in cfg.settings if s.name == row["setting"]), None)
     if target is None:
         raise ConfigError(
@@ -225,14 +274,28 @@ def export(
     path = poison_file(out, row.to_dict())
     poisons = load_poisons(path)
     split_seed = replicate(row.get("split_seed"))
-    clean = load_dataset(target, cfg.data_root, split_seed, download=cfg.download).train
+    splits = load_dataset(target, cfg.data_root, split_seed, download=cfg.download)
+    clean = splits.train
     x, y, flag = poisoned_training_set(clean.x, clean.y, poisons)
     stem = path.stem
     if fmt == "npz":
-        written = write_npz(dest or out / "export" / f"{stem}.npz", x, y, flag, clean.classes)
+        written = write_npz(
+            dest or out / "export" / f"{stem}.npz", x, y, flag, clean.classes, splits.test
+        )
     else:
-        written = write_imagefolder(dest or out / "export" / stem, x, y, flag, clean.classes)
-    console.print(f"wrote {written}: {len(y)} training points, {int(flag.sum())} poisoned")
+        written = write_imagefolder(
+            dest or out / "export" / stem, x, y, flag, clean.classes, splits.test
+        )
+    console.print(
+        f"wrote {written}: {len(y)} training points, {int(flag.sum())} poisoned", soft_wrap=True
+    )
+    outside = out_of_box(x[flag])
+    if outside:
+        console.print(
+            f"note: {outside} poison image(s) have pixels outside [0, 1] (regime "
+            f"{row['regime']}); the images are clipped to [0, 1]"
+            + (" (x_train_raw keeps the raw values)" if fmt == "npz" else "")
+        )
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:

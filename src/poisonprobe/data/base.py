@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .._io import default_cache_dir
 from ..domain import InputDomain
 from ..errors import DataError
 
@@ -130,9 +132,8 @@ def dataset_names() -> dict[str, str]:
 
 
 def default_data_root() -> Path:
-    import os
-
-    return Path(os.environ.get("POISONPROBE_DATA", Path.home() / ".cache" / "poisonprobe" / "data"))
+    """``$POISONPROBE_DATA``, else ``$XDG_CACHE_HOME/poisonprobe/data``."""
+    return Path(os.environ.get("POISONPROBE_DATA") or default_cache_dir() / "data")
 
 
 def load_dataset(

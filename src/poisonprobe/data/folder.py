@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._io import atomic_write_bytes_via
 from ..domain import InputDomain
 from ..errors import DataError
 from .base import DatasetSplits, ImageDataset, register_dataset
@@ -313,16 +313,7 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
 def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Atomic write (temp file + rename); an unwritable cache only costs speed."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache is not secret
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write_bytes_via(path, lambda fh: np.savez(fh, **arrays))
     except OSError:
         pass
 

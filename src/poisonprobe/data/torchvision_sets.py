@@ -1,7 +1,7 @@
 """Standard benchmarks through torchvision: cifar10, cifar100, stl10, svhn, mnist.
 
 Each lives in torchvision's own on-disk format under ``ROOT/<name>`` (ROOT defaults to
-``~/.cache/poisonprobe/data``). A downloaded-but-unextracted archive is extracted locally,
+``$XDG_CACHE_HOME/poisonprobe/data``). A downloaded-but-unextracted archive is extracted locally,
 without the network. Otherwise, with ``download=True``, the host is probed first with a short
 timeout so that an offline machine fails in seconds instead of hanging inside urllib; every
 failure becomes one ``DataError`` line saying which files to place where.

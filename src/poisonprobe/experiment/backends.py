@@ -165,6 +165,10 @@ def _init_ray(ray: Any, address: str | None) -> bool:
         if address:
             ray.init(address=address, **kwargs)
         else:
+            # Ray turns token authentication on for a new local instance and warns that it
+            # did unless the mode is set explicitly: set the same mode explicitly (a user's
+            # RAY_AUTH_MODE wins), so the run says nothing about it
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
             ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
     except ConnectionError as err:
         raise ConfigError(

@@ -6,13 +6,25 @@ Every wrong key or value becomes a one-line ``ConfigError`` naming the key and t
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from ..errors import ConfigError, check_device, check_eps
+from ..errors import ConfigError, PoisonProbeError, check_device, check_eps
 
 DEFAULT_ATTACKS: list[str] = [
     "label-flip",
@@ -27,6 +39,15 @@ DEFAULT_ATTACKS: list[str] = [
     "ft-match",
 ]
 """The default run's attacks (every registered attack joins as it lands)."""
+
+
+# numbers must be YAML numbers: a quoted "0.1" is refused, not converted (ints pass as floats)
+Float = StrictFloat
+Int = StrictInt
+PositiveFloat = Annotated[StrictFloat, Field(gt=0)]
+
+PATH_DATASETS = ("imagefolder", "npz")
+"""Dataset spec prefixes whose argument is a path (resolved against the config's folder)."""
 
 
 class Strict(BaseModel):
@@ -53,13 +74,24 @@ class ExtractorConfig(Strict):
 
     arch: str = "smallcnn"
     method: Literal["simclr", "moco", "byol"] = "simclr"
-    epochs: int = Field(30, ge=0)
-    batch_size: int = Field(256, ge=2)
-    lr: float | None = Field(None, gt=0)
-    seed: int | list[int] = 0  # pre-training seed; a list runs one extractor per seed
-    amp: bool = True  # bf16 autocast for pre-training on CUDA; no effect on CPU
+    epochs: Int = Field(30, ge=0)
+    batch_size: Int = Field(256, ge=2)
+    lr: PositiveFloat | None = None
+    seed: Int | list[Int] = 0  # pre-training seed; a list runs one extractor per seed
+    amp: StrictBool = True  # bf16 autocast for pre-training on CUDA; no effect on CPU
+    # False: load the shipped pre-trained extractor when the recipe is the default's;
+    # True: always pre-train with SSL here (cached), never the shipped weights
+    pretrain: StrictBool = False
     checkpoint: str | None = None
     name: str | None = None  # label in results; default "<arch>-<method>" or the checkpoint stem
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _pretrain_or_checkpoint(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # a field validator (a model validator would rename the `extractor` union's branches)
+        if v and info.data.get("pretrain"):
+            raise ValueError("pretrain: true and a checkpoint exclude each other; keep one")
+        return v
 
     @field_validator("arch")
     @classmethod
@@ -93,11 +125,11 @@ class ExtractorConfig(Strict):
 
 class VictimSettings(Strict):
     solver: Literal["lbfgs", "sgd"] = "lbfgs"
-    weight_decay: float = Field(1e-3, gt=0)
-    max_iter: int = Field(100, ge=1)
-    tol: float = Field(1e-9, gt=0)
-    sgd_epochs: int = Field(100, ge=1)
-    sgd_lr: float = Field(4.0, gt=0)
+    weight_decay: PositiveFloat = 1e-3
+    max_iter: Int = Field(100, ge=1)
+    tol: PositiveFloat = 1e-9
+    sgd_epochs: Int = Field(100, ge=1)
+    sgd_lr: PositiveFloat = 4.0
 
 
 class AttackSpec(Strict):
@@ -154,20 +186,34 @@ class Config(Strict):
     regimes: list[Literal["unconstrained", "box"]] = Field(
         default_factory=lambda: ["unconstrained", "box"]
     )
-    linf: float | None = Field(None, gt=0)
-    eps: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.3])
+    linf: PositiveFloat | None = None
+    eps: list[Float] = Field(default_factory=lambda: [0.03, 0.1, 0.3])
     defenses: list[Any] = Field(default_factory=lambda: ["none"])
-    seeds: list[int] = Field(default_factory=lambda: [0])  # attack seeds (see docs/config.md)
-    split_seeds: list[int] = Field(default_factory=lambda: [0])  # train/test re-splits
+    seeds: list[Int] = Field(default_factory=lambda: [0])  # attack seeds (see docs/config.md)
+    split_seeds: list[Int] = Field(default_factory=lambda: [0])  # train/test re-splits
     data_root: str | None = None
-    download: bool = True
+    download: StrictBool = True
     device: str = "auto"
-    batch_size: int = Field(512, ge=1)
-    save_poisons: bool = True  # keep each PoisonSet under OUT/poisons/ for `poisonprobe export`
+    batch_size: Int = Field(512, ge=1)
+    save_poisons: StrictBool = True  # keep each PoisonSet under OUT/poisons/ for `export`
+
+    @field_validator("eps", "seeds", "split_seeds", "regimes", "settings", mode="before")
+    @classmethod
+    def _scalar_to_list(cls, v: Any) -> Any:
+        """``eps: 0.1`` means ``eps: [0.1]`` (one value where a list is expected)."""
+        return v if isinstance(v, (list, tuple)) or v is None else [v]
+
+    @field_validator("defenses", mode="before")
+    @classmethod
+    def _defense_to_list(cls, v: Any) -> Any:
+        # a list here is a list of defences (a chain is a list inside it), so only wrap a name/map
+        return [v] if isinstance(v, (str, dict)) else v
 
     @field_validator("attacks", mode="before")
     @classmethod
     def _attacks(cls, v: Any) -> Any:
+        if isinstance(v, (str, dict)):
+            v = [v]
         if not isinstance(v, list):
             raise ValueError("attacks must be a list of names or {name: ..., <param>: ...} maps")
         out = []
@@ -280,6 +326,27 @@ class Config(Strict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def summary(self) -> str:
+        """The config in one console line (the full YAML goes to ``OUT/config.yaml``)."""
+        settings = ", ".join(f"{s.name} ({s.source}→{s.target})" for s in self.settings)
+        exts = ", ".join(_extractor_summary(e) for e in self.extractors)
+        names = [a.column for a in self.attacks]
+        shown = ", ".join(names if len(names) <= 4 else [*names[:3], "…", names[-1]])
+        defenses = ", ".join(str(d) if not isinstance(d, str) else d for d in self.defenses)
+        return (
+            f"config: {settings} · {exts} · victim {self.victim.solver} "
+            f"wd={self.victim.weight_decay:g} · {len(names)} attacks ({shown}) · regimes "
+            f"{', '.join(self.regimes)} · eps {', '.join(f'{e:g}' for e in self.eps)} · "
+            f"defenses {defenses} · seeds {', '.join(map(str, self.seeds))}"
+        )
+
+
+def _extractor_summary(e: ExtractorConfig) -> str:
+    if e.checkpoint:
+        return f"{e.label} (checkpoint {Path(e.checkpoint).name})"
+    how = "SSL pre-training here" if e.pretrain else "shipped weights if the recipe matches"
+    return f"{e.label} ({e.epochs} epoch{'' if e.epochs == 1 else 's'}; {how})"
+
 
 _EXTRACTOR_BRANCHES = ("ExtractorConfig", "list[ExtractorConfig]")
 
@@ -310,16 +377,26 @@ def _one_line(err: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key; check its spelling against the documented keys (docs/config.md)"
+    elif first["type"] in ("float_type", "int_type") and isinstance(first.get("input"), str):
+        msg = f"{first['input']!r} is a string; write the number without quotes"
+    elif first["type"] in ("float_type", "int_type", "bool_type"):
+        msg = f"{msg}, got {first.get('input')!r}"
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"config error at '{where}': {msg}{more}"
 
 
-def parse_config(data: dict[str, Any] | None) -> Config:
-    """Validate a config mapping, raising a one-line ConfigError."""
+def parse_config(data: dict[str, Any] | None, base_dir: str | Path | None = None) -> Config:
+    """Validate a config mapping, raising a one-line ConfigError.
+
+    ``base_dir`` (the config file's folder) anchors relative paths in the config:
+    ``data_root``, ``extractor.checkpoint`` and ``imagefolder:``/``npz:`` dataset specs.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("the config must be a YAML mapping of keys (settings, attacks, eps, ...)")
+    if base_dir is not None:
+        data = resolve_paths(data, Path(base_dir))
     try:
         return Config.model_validate(data)
     except ValidationError as err:
@@ -340,7 +417,7 @@ def load_config(source: str | Path | dict | Config | None = None) -> Config:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=ConfigLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -352,4 +429,84 @@ def load_config(source: str | Path | dict | Config | None = None) -> Config:
             f"config file {path} is empty; write a YAML mapping (docs/config.md), "
             "or omit CONFIG to run the defaults"
         )
-    return parse_config(data)
+    return parse_config(data, base_dir=path.resolve().parent)
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML 1.1's SafeLoader, but ``1e-3`` is a float (PyYAML reads it as the string
+    "1e-3", which strict number fields would refuse although the user wrote a number)."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _resolve_path(value: Any, base: Path) -> Any:
+    if not isinstance(value, str) or not value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else base / path)
+
+
+def resolve_spec(spec: Any, base: Path) -> Any:
+    """``imagefolder:rel/dir?train=100@1x8x8`` -> the same spec with an absolute path."""
+    if not isinstance(spec, str):
+        return spec
+    from ..data.reshape import split_shape_suffix
+
+    try:
+        body, shape = split_shape_suffix(spec)
+    except PoisonProbeError:
+        return spec  # validation reports the bad suffix
+    name, colon, arg = body.partition(":")
+    if name not in PATH_DATASETS or not colon or not arg:
+        return spec
+    head, sep, query = arg.rpartition("?")
+    if not sep:
+        head, query = arg, ""
+    suffix = spec[len(body) :]
+    return f"{name}:{_resolve_path(head, base)}{sep}{query}{suffix}"
+
+
+def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A copy of a raw config mapping with its relative paths anchored at ``base``."""
+    data = dict(data)
+    if "data_root" in data:
+        data["data_root"] = _resolve_path(data["data_root"], base)
+    ext = data.get("extractor")
+    if isinstance(ext, dict) and "checkpoint" in ext:
+        data["extractor"] = {**ext, "checkpoint": _resolve_path(ext["checkpoint"], base)}
+    elif isinstance(ext, list):
+        data["extractor"] = [
+            {**e, "checkpoint": _resolve_path(e["checkpoint"], base)}
+            if isinstance(e, dict) and "checkpoint" in e
+            else e
+            for e in ext
+        ]
+    settings = data.get("settings")
+    if isinstance(settings, (dict, list)):
+        data["settings"] = [
+            {k: resolve_spec(v, base) if k in ("source", "target") else v for k, v in s.items()}
+            if isinstance(s, dict)
+            else s
+            for s in (settings if isinstance(settings, list) else [settings])
+        ]
+    return data
+
+
+def with_pretrain(cfg: Config) -> Config:
+    """The config with ``pretrain: true`` on every pre-trained extractor (``run --pretrain``)."""
+    entries = cfg.extractor if isinstance(cfg.extractor, list) else [cfg.extractor]
+    exts = [e if e.checkpoint else e.model_copy(update={"pretrain": True}) for e in entries]
+    extractor = exts if isinstance(cfg.extractor, list) else exts[0]
+    return cfg.model_copy(update={"extractor": extractor})

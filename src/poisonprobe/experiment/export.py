@@ -6,18 +6,19 @@ Poisons are stored as plain tensor dicts (``torch.save``; read back with
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
+from .._io import atomic_save, atomic_write_bytes_via
 from ..attacks import PoisonSet
+from ..data.base import ImageDataset
 from ..errors import ConfigError, ResourceError, error_gist
-from .results import replicate
+from .results import atomic_write_text, replicate
 
 
 def poison_file(out_dir: Path, row: Mapping[str, Any]) -> Path:
@@ -46,14 +47,9 @@ def save_poisons(path: Path, poison: PoisonSet) -> None:
         value = getattr(poison, key)
         if value is not None:
             payload[key] = value.detach().cpu()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        atomic_save(payload, path)
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
         raise ResourceError(f"cannot save poisons to {path}: {err.strerror}") from None
 
 
@@ -98,29 +94,124 @@ def poisoned_training_set(
     return torch.cat([clean_x, px]), torch.cat([clean_y, py]), flag
 
 
+CELL_KEYS = ("config_id", "setting", "extractor", "regime", "seed", "extractor_seed", "split_seed")
+"""What tells the saved poisons of one (attack, eps) apart (defences share the poisons)."""
+
+
+def select_cell(df: pd.DataFrame, attack: str, eps: float, out: Path, **chosen: Any) -> pd.Series:
+    """The one results row naming the cell to export; ``chosen`` fixes ``CELL_KEYS``.
+
+    Several matching cells is a one-line error listing the choices: picking the first would
+    silently export, say, ``unconstrained`` poisons whose pixels leave the image box.
+    """
+    rows = df[(df["attack"] == attack) & ((df["eps"] - eps).abs() < 1e-9)]
+    for key, value in chosen.items():
+        if value is not None and key in rows:
+            column = rows[key]
+            if key in ("extractor_seed", "split_seed"):
+                column = column.map(replicate)  # older files: empty means 0
+            rows = rows[column == value]
+    if rows.empty:
+        raise ConfigError(
+            f"no results for attack={attack} eps={eps:g}"
+            + "".join(f" {k}={v}" for k, v in chosen.items() if v is not None)
+            + f" in {out}; attacks there: {', '.join(sorted(map(str, df['attack'].unique())))}"
+        )
+    options = []
+    for key in CELL_KEYS:
+        if key not in rows:
+            continue
+        values = sorted(map(str, rows[key].unique()))
+        if len(values) > 1:
+            options.append(f"--{key.replace('_', '-')} ({', '.join(values)})")
+    if options:
+        raise ConfigError(
+            f"attack={attack} eps={eps:g} matches several cells in {out}; choose with "
+            + " and ".join(options)
+        )
+    return rows.iloc[0]
+
+
+def out_of_box(x: torch.Tensor, low: float = 0.0, high: float = 1.0) -> int:
+    """How many images have a pixel outside ``[low, high]``."""
+    if x.numel() == 0:
+        return 0
+    flat = x.reshape(len(x), -1)
+    return int(((flat < low) | (flat > high)).any(1).sum())
+
+
 def write_npz(
-    dest: Path, x: torch.Tensor, y: torch.Tensor, is_poison: torch.Tensor, classes: list[str]
+    dest: Path,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    is_poison: torch.Tensor,
+    classes: list[str],
+    test: ImageDataset | None = None,
 ) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        dest,
-        x_train=x.numpy(),
-        y_train=y.numpy(),
-        is_poison=is_poison.numpy(),
-        classes=np.array(classes),
-    )
+    """An ``.npz`` that reads back as an ``npz:`` dataset: ``x_train`` (clean + poisons,
+    pixels clipped to [0, 1] as any image file would), ``y_train``, ``is_poison`` (the mask),
+    ``x_test``/``y_test`` (the clean test split), ``classes``, the clean data's ``mean``/
+    ``std``; ``x_train_raw`` keeps unclipped pixels when some poisons leave the box."""
+    arrays: dict[str, np.ndarray] = {
+        "x_train": x.clamp(0, 1).numpy().astype(np.float32),
+        "y_train": y.numpy(),
+        "is_poison": is_poison.numpy(),
+        "classes": np.array(classes),
+    }
+    if out_of_box(x):
+        arrays["x_train_raw"] = x.numpy().astype(np.float32)
+    if test is not None:
+        arrays["x_test"] = test.x.numpy().astype(np.float32)
+        arrays["y_test"] = test.y.numpy()
+        arrays["mean"] = np.array(test.domain.mean, dtype=np.float64)
+        arrays["std"] = np.array(test.domain.std, dtype=np.float64)
+    try:
+        atomic_write_bytes_via(dest, lambda fh: np.savez_compressed(fh, **arrays))
+    except OSError as err:
+        raise ResourceError(f"cannot write {dest}: {err.strerror}") from None
     return dest
 
 
+MANIFEST_COLUMNS = ("file", "split", "index", "label", "class", "is_poison")
+
+
 def write_imagefolder(
-    dest: Path, x: torch.Tensor, y: torch.Tensor, is_poison: torch.Tensor, classes: list[str]
+    dest: Path,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    is_poison: torch.Tensor,
+    classes: list[str],
+    test: ImageDataset | None = None,
 ) -> Path:
-    """PNG files ``dest/<class>/<index>[_poison].png`` (pixels clipped to [0, 1], 8-bit)."""
+    """PNGs ``dest/train/<class>/<index>[_poison].png`` (and ``dest/test/...``; pixels
+    clipped to [0, 1], 8-bit), readable as ``imagefolder:dest``, plus ``dest/manifest.csv``:
+    one row per file with its split, index, label, class name and poison flag."""
+    import csv
+    import io
+
+    manifest = io.StringIO()
+    writer = csv.writer(manifest)
+    writer.writerow(MANIFEST_COLUMNS)
+    splits = [("train", x, y, is_poison)]
+    if test is not None:
+        splits.append(("test", test.x, test.y, torch.zeros(len(test.y), dtype=torch.bool)))
+    for split, xs, ys, flags in splits:
+        for i, rel in enumerate(_write_pngs(dest / split, xs, ys, flags, classes)):
+            k = int(ys[i])
+            writer.writerow((f"{split}/{rel}", split, i, k, classes[k], int(bool(flags[i]))))
+    atomic_write_text(dest / "manifest.csv", manifest.getvalue())
+    return dest
+
+
+def _write_pngs(
+    root: Path, x: torch.Tensor, y: torch.Tensor, is_poison: torch.Tensor, classes: list[str]
+) -> list[str]:
     from PIL import Image
 
     imgs = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    written = []
     for i in range(len(y)):
-        folder = dest / classes[int(y[i])]
+        folder = root / classes[int(y[i])]
         folder.mkdir(parents=True, exist_ok=True)
         arr = imgs[i].numpy()
         img = (
@@ -128,5 +219,7 @@ def write_imagefolder(
             if arr.shape[0] == 1
             else Image.fromarray(arr.transpose(1, 2, 0))
         )
-        img.save(folder / f"{i:06d}{'_poison' if is_poison[i] else ''}.png")
-    return dest
+        name = f"{i:06d}{'_poison' if is_poison[i] else ''}.png"
+        img.save(folder / name)
+        written.append(f"{classes[int(y[i])]}/{name}")
+    return written

@@ -9,13 +9,15 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from .._io import atomic_write_bytes_via
 from ..errors import ConfigError, ResourceError, error_gist
 
 KEY_COLUMNS = [
@@ -58,8 +60,41 @@ COLUMNS = [
     "stages",
     "cell_id",
     "config_id",
+    "n_test",
+    "clean_acc_lo",
+    "clean_acc_hi",
+    "poisoned_acc_lo",
+    "poisoned_acc_hi",
     "info",
 ]
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson_interval(acc: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score 95% interval of an accuracy measured on ``n`` test images.
+
+    On a 40-image test set one image is 2.5 pt, so a drop means little without it; Wilson's
+    interval stays inside [0, 1] and is sane at accuracies of 0 and 1, unlike the normal one.
+    """
+    if n <= 0 or math.isnan(acc):
+        return float("nan"), float("nan")
+    z2 = z * z
+    centre = (acc + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(acc * (1 - acc) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def with_intervals(row: dict[str, Any]) -> dict[str, Any]:
+    """The row plus the Wilson intervals of its accuracies (when it says ``n_test``)."""
+    n = row.get("n_test")
+    if n in (None, ""):
+        return row
+    out = dict(row)
+    for col in ("clean_acc", "poisoned_acc"):
+        if row.get(col) not in (None, ""):
+            out[f"{col}_lo"], out[f"{col}_hi"] = wilson_interval(float(row[col]), int(n))
+    return out
 
 
 def replicate(value: Any) -> int:
@@ -94,8 +129,11 @@ def _fmt(value: Any) -> str:
 class ResultsStore:
     """Append-only (from the user's view) results table at ``path``, keyed by ``cell_id``."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self, path: str | Path, on_append: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
         self.path = Path(path)
+        self.on_append = on_append  # e.g. the reporter's one line per finished cell
         self.rows: list[dict[str, str]] = []
         if self.path.exists():
             with self.path.open(newline="") as fh:
@@ -122,10 +160,13 @@ class ResultsStore:
         cell = row["cell_id"]
         if cell in self._ids:
             return
+        row = with_intervals(row)
         self.rows.append({c: _fmt(row.get(c)) for c in COLUMNS})
         self._ids.add(cell)
         self._by_key.setdefault(row_key(row), set()).add(cell)
         self._write()
+        if self.on_append is not None:
+            self.on_append(row)
 
     def _write(self) -> None:
         buf = io.StringIO()
@@ -168,17 +209,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", newline="") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes_via(path, lambda fh: fh.write(text), mode="w")
     except PermissionError:
         raise ResourceError(
             f"cannot write {path}: permission denied; choose another --out"
@@ -187,3 +218,30 @@ def atomic_write_text(path: Path, text: str) -> None:
         if err.errno == 28:
             raise ResourceError(f"cannot write {path}: the disk is full; free space") from None
         raise ResourceError(f"cannot write {path}: {err.strerror}") from None
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
+    path = Path(path).absolute()
+    if path.exists():
+        return None
+    missing = path
+    while not missing.parent.exists():
+        missing = missing.parent
+    return missing
+
+
+@contextmanager
+def discard_if_failed(out_dir: Path) -> Iterator[None]:
+    """Remove the output folder a failed run created, unless it already holds results.
+
+    A config or data error found after the folder was made would otherwise leave an empty
+    ``runs/x`` behind; a run that wrote rows keeps them, so rerunning resumes.
+    """
+    created = _first_missing(out_dir)
+    try:
+        yield
+    except BaseException:
+        if created is not None and not (Path(out_dir) / "results.csv").exists():
+            shutil.rmtree(created, ignore_errors=True)
+        raise

@@ -30,7 +30,7 @@ from ..threads import single_thread_if_small
 from ..victim import LinearHead, VictimConfig, train_head
 from .config import AttackSpec, Config, ExtractorConfig, SettingConfig, load_config
 from .plan import cell_id, check_same_experiment, config_id
-from .results import ResultsStore, atomic_write_text
+from .results import ResultsStore, atomic_write_text, discard_if_failed
 
 log = logging.getLogger("poisonprobe")
 
@@ -92,7 +92,8 @@ def obtain_extractor(
     device: torch.device,
     reporter: Reporter,
 ) -> tuple[Extractor, str | None, str | None, dict[str, float]]:
-    """Load the configured checkpoint, or pre-train with SSL on the source (cached)."""
+    """Load the configured checkpoint, the shipped extractor for this recipe (unless
+    ``pretrain: true``), or pre-train with SSL on the source (cached)."""
     from ..extractors.archs import build_extractor, check_image_size
     from ..extractors.checkpoints import checkpoint_sha256, load_extractor
     from ..extractors.pretrain import get_or_pretrain
@@ -116,6 +117,7 @@ def obtain_extractor(
             device=device,
             progress=reporter.track,
             amp=ext_cfg.amp,
+            shipped=not ext_cfg.pretrain,
         )
     seconds = {"pretrain": time.perf_counter() - t0}
     reporter.log(
@@ -294,6 +296,7 @@ def run(
     backend: str = "local",
     ray_address: str | None = None,
     add: bool = False,
+    verbose: bool = False,
 ) -> pd.DataFrame:
     """Run an experiment and return its results (also written to ``out/results.csv``).
 
@@ -302,7 +305,24 @@ def run(
     adds this config's cells beside the old ones, each row keyed by its own ``cell_id``.
     ``backend="ray"`` runs each (setting, extractor, seed) as a Ray task (a local Ray
     instance, or the cluster at ``ray_address``); the rows are the same as ``"local"``.
+    The console shows the config as one line (``verbose``: the full YAML, which is always
+    in ``out/config.yaml``). A run that fails before writing a result leaves no new folder.
     """
+    cfg = load_config(config)
+    out_dir = Path(out) if out is not None else default_out(config)
+    with discard_if_failed(out_dir):
+        return _run(cfg, out_dir, quiet, backend, ray_address, add, verbose)
+
+
+def _run(
+    config: Config,
+    out: Path,
+    quiet: bool,
+    backend: str,
+    ray_address: str | None,
+    add: bool,
+    verbose: bool,
+) -> pd.DataFrame:
     cfg = load_config(config)
     if backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r} is unknown; use one of: {', '.join(BACKENDS)}")
@@ -318,7 +338,7 @@ def run(
     config_path = out_dir / "config.yaml"
     old_config = config_path.read_text() if config_path.is_file() else None
     check_same_experiment(old_config, cfg, add)
-    store = ResultsStore(out_dir / "results.csv")
+    store = ResultsStore(out_dir / "results.csv", on_append=reporter.cell_done)
     run_id = config_id(cfg)
     if old_config is None:
         atomic_write_text(config_path, cfg.to_yaml())
@@ -328,7 +348,8 @@ def run(
         reporter.console.print(
             f"[bold]poisonprobe run[/] → {out_dir}  (device {device}, backend {backend})"
         )
-        reporter.console.print(cfg.to_yaml().rstrip())
+        summary = cfg.to_yaml().rstrip() if verbose else cfg.summary()
+        reporter.console.print(summary, markup=False, highlight=False, soft_wrap=not verbose)
     log.info("config:\n%s", cfg.to_yaml())
     torch.manual_seed(0)
 
@@ -489,6 +510,7 @@ def _run_seed(
         "source": prep.setting.source,
         "target": prep.setting.target,
         "n_clean": len(prep.target.train),
+        "n_test": len(prep.target.test),
         "clean_acc": prep.clean_acc,
         "config_id": run_id,
     }
@@ -582,6 +604,7 @@ def _run_seed(
             projected,
             out_dir / (_figure_name("features", prep.setting.name, prep.ext_cfg.label) + ".png"),
             f"{prep.setting.name}: clean features (PCA) and poisons at eps={max(cfg.eps)}",
+            classes=prep.target.train.classes,
         )
 
 
@@ -603,6 +626,8 @@ def _record_figures(prep, attack, regime, eps, poison, ts, out_dir, projected) -
             out_dir / f"{name}.png",
             f"{prep.setting.name} · {attack} [{regime}] · eps={eps}",
             n=GRID_COLUMNS,
+            start_labels=prep.target.train.y[shown],
+            classes=prep.target.train.classes,
         )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._io import atomic_save
 from ..data.base import ImageDataset
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,6 @@ class FeatureCache:
         return z if torch.is_tensor(z) else None
 
     def _store(self, key: str, z: torch.Tensor) -> None:
-        from .pretrain import atomic_save
-
         path = self._path(key)
         if path is None:
             return

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .._io import atomic_save
 from ..domain import InputDomain
 from ..errors import CheckpointError, error_gist
 from .archs import Extractor, arch_config, build_extractor
@@ -48,8 +49,6 @@ def save_extractor(ext: Extractor, path: str | Path, meta: dict[str, Any] | None
     architecture options (e.g. ``width``) travel in the metadata, so a tuned ``smallcnn``
     rebuilds exactly. Written atomically (temp file + rename).
     """
-    from .pretrain import atomic_save
-
     path = Path(path)
     info = {
         **(meta or {}),

@@ -9,12 +9,11 @@ the same seed gives the same weights on CPU.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -24,10 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._io import atomic_save, default_cache_dir
 from ..data.base import ImageDataset
 from ..errors import CheckpointError, ConfigError, PoisonProbeError
 from .archs import Extractor, build_extractor, check_image_size
 from .augment import Augment, AugmentConfig
+from .shipped import find_shipped, load_shipped
 
 log = logging.getLogger(__name__)
 
@@ -256,17 +257,10 @@ def _pretrain(
 # --------------------------------------------------------------------------- cache
 
 
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/poisonprobe`` (fallback ``~/.cache/poisonprobe``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "poisonprobe"
-
-
-def pretrain_key(train: ImageDataset, arch: str, cfg: PretrainConfig, seed: int) -> str:
-    """Everything that changes the weights: data, arch, recipe, seed, package version."""
-    from .. import __version__
-
-    spec = {
+def pretrain_spec(train: ImageDataset, arch: str, cfg: PretrainConfig, seed: int) -> dict:
+    """Everything of a pre-training run that changes the weights (but the package version):
+    data, arch, recipe, augmentations, seed. Shipped extractors are matched on it."""
+    return {
         "data": train.fingerprint(),
         "domain": train.domain.to_dict(),
         "arch": arch,
@@ -274,8 +268,14 @@ def pretrain_key(train: ImageDataset, arch: str, cfg: PretrainConfig, seed: int)
         "recipe": cfg.to_dict(),
         "augment": AugmentConfig.for_domain(train.domain, **cfg.augment).to_dict(),
         "recipe_version": RECIPE_VERSION,
-        "version": __version__,
     }
+
+
+def pretrain_key(train: ImageDataset, arch: str, cfg: PretrainConfig, seed: int) -> str:
+    """The cache file name: :func:`pretrain_spec` plus the package version."""
+    from .. import __version__
+
+    spec = {**pretrain_spec(train, arch, cfg, seed), "version": __version__}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
     return f"{arch}-{cfg.method}-e{cfg.epochs}-s{seed}-{digest}"
 
@@ -292,21 +292,28 @@ def get_or_pretrain(
     progress: Progress | None = None,
     cache_dir: str | Path | None = None,
     amp: bool = False,
+    shipped: bool = True,
     **hparams: Any,
 ) -> tuple[Extractor, Path | None, bool]:
-    """Load a cached pre-trained extractor, or pre-train and cache it.
+    """The shipped extractor for this exact spec, else a cached one, else pre-train and cache.
 
     Returns ``(extractor, checkpoint_path, hit)``. ``checkpoint_path`` is None only when
     the cache directory is not writable (the run goes on, uncached). ``amp`` trains in bf16
-    autocast when the device is CUDA (a different recipe, so a different cache key).
+    autocast when the device is CUDA (a different recipe, so a different cache key); it only
+    applies when pre-training happens here, so a CUDA machine loads the shipped fp32
+    extractors too. ``shipped=False`` ignores the shipped extractors (pre-train or cache).
     """
     from .checkpoints import load_extractor, save_extractor
 
-    if amp and torch.device(device).type == "cuda":
-        hparams = {**hparams, "precision": "bf16"}
     cfg = PretrainConfig(
         method=method, epochs=epochs, batch_size=batch_size, lr=lr, **_check_hparams(hparams)
     )
+    if shipped:
+        entry = find_shipped(pretrain_spec(train, arch, cfg, seed))
+        if entry is not None:
+            return load_shipped(entry, arch, train.domain), entry.path, True
+    if amp and torch.device(device).type == "cuda":
+        cfg = dataclasses.replace(cfg, precision="bf16")
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = root / "extractors" / f"{pretrain_key(train, arch, cfg, seed)}.pt"
     if path.is_file():
@@ -330,20 +337,6 @@ def get_or_pretrain(
         log.warning("cannot cache the pre-trained extractor at %s (%s); continuing", path, err)
         return ext, None, False
     return ext, path, False
-
-
-def atomic_save(obj: Any, path: Path, saver: Callable[[Any, str], None] | None = None) -> None:
-    """Write via a temp file in the same folder + ``os.replace``: a killed run never leaves
-    a half-written file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        (saver or torch.save)(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 __all__ = [

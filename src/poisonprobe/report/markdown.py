@@ -1,4 +1,6 @@
-"""``report.md``: the results as readable tables (mean ± 95% CI over seeds)."""
+"""``report.md``: the results as readable tables (mean ± 95% CI over seeds), each accuracy
+with its binomial (Wilson) 95% interval over the test images, and a warning for drops of
+only one or two test images (on a 40-image test set one image is 2.5 pt)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..experiment.results import atomic_write_text, read_results
+from ..experiment.results import atomic_write_text, read_results, wilson_interval
 from .stats import mean_ci, table_keys
+
+NOISE_IMAGES = 2  # drops of at most this many test images are flagged as noise-level
 
 
 def fmt_cell(mean: float, half: float, pct: bool = True) -> str:
@@ -29,27 +33,89 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def n_test_of(df: pd.DataFrame) -> int | None:
+    """The test-set size of these rows (None for old results without ``n_test`` or mixed)."""
+    if "n_test" not in df or df["n_test"].isna().all():
+        return None
+    sizes = df["n_test"].dropna().astype(int).unique()
+    return int(sizes[0]) if len(sizes) == 1 and sizes[0] > 0 else None
+
+
+def one_image_pt(df: pd.DataFrame) -> float | None:
+    """Percentage points that one test image is worth in these rows (None if unknown)."""
+    n = n_test_of(df)
+    return 100.0 / n if n else None
+
+
+def fmt_interval(acc: float, n: int | None) -> str:
+    """`` [lo, hi]`` in percent: the Wilson 95% interval of ``acc`` on ``n`` images."""
+    if not n or math.isnan(acc):
+        return ""
+    lo, hi = wilson_interval(acc, n)
+    return f" [{lo * 100:.1f}, {hi * 100:.1f}]"
+
+
 def drop_table(df: pd.DataFrame, value: str = "drop") -> pd.DataFrame:
-    """Rows (setting, extractor, attack, regime, defense) × columns eps, cells mean ± CI."""
+    """Rows (setting, extractor, attack, regime, defense) × columns eps, cells mean ± CI.
+
+    Accuracy cells (``value="poisoned_acc"``) also carry the Wilson 95% interval over the
+    test images, ``[lo, hi]``.
+    """
     keys = table_keys(df)
     eps_values = sorted(df["eps"].unique())
     out = []
     for key, group in df.groupby(keys, sort=False):
         row = dict(zip(keys, key, strict=True))
+        n = n_test_of(group) if value.endswith("acc") else None
         for eps in eps_values:
             mean, half = mean_ci(group.loc[group["eps"] == eps, value])
-            row[f"eps={eps:g}"] = fmt_cell(mean, half)
+            row[f"eps={eps:g}"] = fmt_cell(mean, half) + fmt_interval(mean, n)
         out.append(row)
     return pd.DataFrame(out)
+
+
+def noise_level_cells(df: pd.DataFrame, images: int = NOISE_IMAGES) -> pd.DataFrame:
+    """Attacked cells whose mean drop is within ``images`` test images of zero."""
+    rows = []
+    keys = ["setting", "extractor", "attack", "regime", "defense", "eps"]
+    attacked = df[df["attack"] != "none"]
+    for key, group in attacked.groupby(keys, sort=False):
+        n = n_test_of(group)
+        drop = float(group["drop"].mean())
+        if n and not math.isnan(drop) and abs(drop) * n <= images + 1e-9:
+            rows.append({**dict(zip(keys, key, strict=True)), "images": round(drop * n, 2)})
+    return pd.DataFrame(rows)
+
+
+def noise_warning(df: pd.DataFrame) -> list[str]:
+    """Report lines warning about drops of only one or two test images (empty if none)."""
+    cells = noise_level_cells(df)
+    if cells.empty:
+        return []
+    listed = "; ".join(
+        f"{r.setting} {r.attack} [{r.regime}] eps={r.eps:g}"
+        + (f" {r.defense}" if r.defense != "none" else "")
+        + f" ({r.images:+g})"
+        for r in cells.itertuples()
+    )
+    return [
+        f"> **Warning:** {len(cells)} attacked cell(s) moved the test accuracy by at most "
+        f"{NOISE_IMAGES} test images (drop in images in brackets); read them as no effect: "
+        f"{listed}",
+        "",
+    ]
 
 
 def summary_text(df: pd.DataFrame) -> str:
     parts = []
     for (setting, extractor), g in df.groupby(["setting", "extractor"], sort=False):
         clean = g["clean_acc"].iloc[0]
+        n = n_test_of(g)
+        images = f", {n} test images: 1 image = {100 / n:.2g} pt" if n else ""
         parts.append(
             f"- **{setting}** ({g['source'].iloc[0]} → {g['target'].iloc[0]}, {extractor}): "
-            f"clean test accuracy {clean * 100:.1f}%, seeds {sorted(g['seed'].unique().tolist())}"
+            f"clean test accuracy {clean * 100:.1f}%{fmt_interval(clean, n)}{images}, "
+            f"seeds {sorted(g['seed'].unique().tolist())}"
         )
     return "\n".join(parts)
 
@@ -60,6 +126,12 @@ def write_report(out_dir: str | Path) -> Path:
     df = read_results(out_dir / "results.csv")
     lines = ["# poisonprobe report", "", summary_text(df), ""]
     lines += [
+        "Accuracies carry their binomial 95% interval over the test images (Wilson) in "
+        "brackets: a drop smaller than that interval's width can be test-set noise.",
+        "",
+        *noise_warning(df),
+    ]
+    lines += [
         "## Accuracy drop (percentage points, mean ± 95% CI over seeds)",
         "",
         "Drop = clean accuracy − accuracy of the victim retrained on the poisoned (and "
@@ -69,7 +141,7 @@ def write_report(out_dir: str | Path) -> Path:
         "",
         markdown_table(drop_table(df, "drop")),
         "",
-        "## Poisoned test accuracy (%)",
+        "## Poisoned test accuracy (%, [Wilson 95% interval])",
         "",
         markdown_table(drop_table(df, "poisoned_acc")),
         "",
@@ -110,6 +182,15 @@ def write_report(out_dir: str | Path) -> Path:
     full = df[cols].copy()
     for c in ("clean_acc", "poisoned_acc", "drop"):
         full[c] = full[c].map(lambda v: f"{v:.4f}")
+    if {"poisoned_acc_lo", "poisoned_acc_hi"} <= set(df.columns):
+        full.insert(
+            cols.index("poisoned_acc") + 1,
+            "95% interval",
+            [
+                f"[{lo:.4f}, {hi:.4f}]" if not (math.isnan(lo) or math.isnan(hi)) else "–"
+                for lo, hi in zip(df["poisoned_acc_lo"], df["poisoned_acc_hi"], strict=True)
+            ],
+        )
     full["seconds"] = full["seconds"].map(lambda v: f"{v:.2f}")
     lines += ["## All rows", "", markdown_table(full), ""]
     path = out_dir / "report.md"

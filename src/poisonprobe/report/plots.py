@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
@@ -18,30 +19,59 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+# one (colour, marker) per attack, so 14+ lines stay apart in print and for colour-blind
+# readers; the regime is the line style
+_COLOURS = plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p", "d", "8")
+_LINESTYLES = {"unconstrained": "-", "box": "--", "feature": ":", "-": "-."}
+
+
+def attack_styles(attacks: list[str]) -> dict[str, tuple[tuple[float, ...], str]]:
+    """A distinct (colour, marker) for each attack (pairs repeat only after 140 attacks)."""
+    styles = {}
+    for i, name in enumerate(attacks):
+        colour = _COLOURS[i % len(_COLOURS)]
+        marker = _MARKERS[(i + i // len(_COLOURS)) % len(_MARKERS)]
+        styles[name] = (colour, marker)
+    return styles
+
+
 def plot_accuracy_vs_eps(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     """One figure per (setting, extractor, defence): poisoned accuracy vs eps per attack."""
     paths = []
     for (setting, extractor, defense), g in df.groupby(["setting", "extractor", "defense"]):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        fig, ax = plt.subplots(figsize=(8.6, 4.6))
         clean = g["clean_acc"].iloc[0]
         ax.axhline(clean * 100, color="black", lw=1, ls="--", label="clean")
         attacks = g[g["attack"] != "none"]
-        for (attack, regime), ga in attacks.groupby(["attack", "regime"]):
+        styles = attack_styles(list(dict.fromkeys(attacks["attack"])))
+        for (attack, regime), ga in attacks.groupby(["attack", "regime"], sort=False):
             eps = sorted(ga["eps"].unique())
             cis = [mean_ci(ga.loc[ga["eps"] == e, "poisoned_acc"]) for e in eps]
+            colour, marker = styles[attack]
             ax.errorbar(
                 eps,
                 [100 * mean for mean, _ in cis],
                 yerr=[100 * half for _, half in cis],
-                marker="o",
+                color=colour,
+                marker=marker,
+                ls=_LINESTYLES.get(regime, "-"),
+                markersize=6,
+                markeredgecolor="black",
+                markeredgewidth=0.5,
                 capsize=3,
                 label=f"{attack} [{regime}]",
             )
         ax.set_xscale("log")
+        eps_values = sorted(g["eps"].unique())
+        ax.set_xticks(eps_values, [f"{e:g}" for e in eps_values])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("poison budget eps")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{setting} · {extractor} · defence {defense}")
-        ax.legend(fontsize=7, ncol=2)
+        ax.grid(True, which="major", alpha=0.3)
+        # outside the axes: the legend never hides a line
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.tight_layout()
         path = out_dir / _safe(f"acc_vs_eps_{setting}_{extractor}_{defense}.png")
         fig.savefig(path, dpi=110)
@@ -62,18 +92,33 @@ def save_poison_grid(
     path: Path,
     title: str,
     n: int = 8,
+    start_labels: torch.Tensor | None = None,
+    classes: list[str] | None = None,
 ) -> Path:
-    """Top row: clean start images; bottom row: their poisoned versions (with poison label)."""
+    """Top row: clean start images; bottom row: their poisoned versions. Labels sit in the
+    gap between the rows (each row's own, below its image), never on an image."""
     n = min(n, poisons.shape[0])
-    fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3.0), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(1.25 * n + 0.9, 3.4), squeeze=False)
     cmap = "gray" if poisons.shape[1] == 1 else None
+
+    def name(label: torch.Tensor) -> str:
+        k = int(label)
+        return classes[k] if classes is not None and 0 <= k < len(classes) else str(k)
+
     for j in range(n):
         axes[0, j].imshow(_to_image(starts[j]), cmap=cmap, vmin=0, vmax=1)
         axes[1, j].imshow(_to_image(poisons[j]), cmap=cmap, vmin=0, vmax=1)
-        axes[1, j].set_title(f"y={int(labels[j])}", fontsize=8)
+        if start_labels is not None:
+            axes[0, j].set_xlabel(f"y={name(start_labels[j])}", fontsize=8, labelpad=2)
+        axes[1, j].set_xlabel(f"y={name(labels[j])}", fontsize=8, labelpad=2)
         for i in range(2):
-            axes[i, j].axis("off")
-    axes[0, 0].set_title("clean", fontsize=8, loc="left")
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+    axes[0, 0].set_ylabel("clean start", fontsize=8)
+    axes[1, 0].set_ylabel("poison", fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -87,27 +132,49 @@ def save_feature_projection(
     poisons: dict[str, torch.Tensor],
     path: Path,
     title: str,
+    classes: list[str] | None = None,
 ) -> Path:
-    """PCA of clean features (by class) with each attack's poisoned features on top."""
+    """PCA of clean features (coloured by class, with a class legend) with each attack's
+    poisoned features on top (black crosses: no class colour is black)."""
+    from matplotlib.lines import Line2D
+
     zc = z_clean.detach().cpu().double()
     mean = zc.mean(0)
     _, _, v = torch.pca_lowrank(zc - mean, q=2, center=False)
     proj = (zc - mean) @ v[:, :2]
+    y = y_clean.detach().cpu().long()
+    n_classes = int(y.max()) + 1 if y.numel() else 0
+    cmap = plt.get_cmap("tab10" if n_classes <= 10 else "tab20")
     n = max(1, len(poisons))
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols + 1.4, 3.2 * rows), squeeze=False)
+    colours = [cmap(int(c) % cmap.N) for c in y]
     for ax, (name, zp) in zip(axes.flat, poisons.items(), strict=False):
-        ax.scatter(proj[:, 0], proj[:, 1], c=y_clean.cpu(), cmap="tab10", s=4, alpha=0.4)
+        ax.scatter(proj[:, 0], proj[:, 1], c=colours, s=4, alpha=0.5)
         pp = (zp.detach().cpu().double() - mean) @ v[:, :2]
-        ax.scatter(pp[:, 0], pp[:, 1], c="red", marker="x", s=12, label="poison")
+        ax.scatter(pp[:, 0], pp[:, 1], c="black", marker="x", s=10, linewidths=0.7)
         ax.set_title(name, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
+    handles = [
+        Line2D([], [], ls="", marker="o", color=cmap(c % cmap.N), markersize=5,
+               label=classes[c] if classes is not None and c < len(classes) else str(c))
+        for c in range(n_classes)
+    ]  # fmt: skip
+    handles.append(Line2D([], [], ls="", marker="x", color="black", label="poison"))
+    fig.legend(
+        handles=handles,
+        title="class",
+        fontsize=7,
+        title_fontsize=8,
+        loc="center right",
+        frameon=False,
+    )
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1 - 1.2 / (3.4 * cols + 1.4), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
