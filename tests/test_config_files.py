@@ -107,7 +107,7 @@ def test_files_are_written_with_the_umask(tmp_path, umask):
         atomic_save({"t": 1}, tmp_path / "b.pt")
         store = ResultsStore(tmp_path / "results.csv")
         key = {"setting": "s", "extractor": "e", "attack": "a", "regime": "box"}
-        store.append({**key, "eps": 0.1, "defense": "none", "seed": 0})
+        store.append({**key, "eps": 0.1, "defense": "none", "seed": 0, "cell_id": "c0"})
         expected = 0o666 & ~umask
         for name in ("a.txt", "b.pt", "results.csv"):
             assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name

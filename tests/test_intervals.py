@@ -42,6 +42,8 @@ def _row(attack: str, acc: float, n_test: int = 40, clean: float = 0.9) -> dict:
         "poisoned_acc": acc,
         "drop": clean - acc,
         "seconds": 1.0,
+        "cell_id": f"{attack}-{n_test}",
+        "config_id": "cfg",
     }
 
 
