@@ -148,11 +148,14 @@ class FakeRay:
 def test_local_ray_sets_the_auth_mode_explicitly(monkeypatch):
     from poisonprobe.experiment.backends import _init_ray
 
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    # a private copy of the environment: _init_ray writes to it, and a real Ray started later
+    # in this process must not inherit what this test set
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    monkeypatch.setattr(os, "environ", env)
     ray = FakeRay()
     assert _init_ray(ray, None)
     assert ray.env == "token"  # Ray's own default, set explicitly: no warning
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    env["RAY_AUTH_MODE"] = "disabled"
     ray = FakeRay()
     _init_ray(ray, None)
     assert ray.env == "disabled"  # the user's choice wins
