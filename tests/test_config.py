@@ -96,7 +96,7 @@ def test_attack_grid_expands_in_declared_order():
                 {
                     "name": "gc-input",
                     "optimizer": "adam",
-                    "grid": {"steps": [5, 9], "radius": [0.1, 0.2]},
+                    "grid": {"max_steps": [5, 9], "radius": [0.1, 0.2]},
                 },
                 {"name": "label-flip", "label": "lf", "grid": {"mode": ["random"]}},
             ]
@@ -104,13 +104,13 @@ def test_attack_grid_expands_in_declared_order():
     )
     assert [a.column for a in cfg.attacks] == [
         "label-flip",
-        "gc-input[steps=5,radius=0.1]",
-        "gc-input[steps=5,radius=0.2]",
-        "gc-input[steps=9,radius=0.1]",
-        "gc-input[steps=9,radius=0.2]",
+        "gc-input[max_steps=5,radius=0.1]",
+        "gc-input[max_steps=5,radius=0.2]",
+        "gc-input[max_steps=9,radius=0.1]",
+        "gc-input[max_steps=9,radius=0.2]",
         "lf[mode=random]",
     ]
-    assert cfg.attacks[3].params == {"optimizer": "adam", "steps": 9, "radius": 0.1}
+    assert cfg.attacks[3].params == {"optimizer": "adam", "max_steps": 9, "radius": 0.1}
     assert cfg.attacks[5].params == {"mode": "random"}
     assert parse_config(yaml.safe_load(cfg.to_yaml())) == cfg  # the expanded form round-trips
 
@@ -118,13 +118,13 @@ def test_attack_grid_expands_in_declared_order():
 @pytest.mark.parametrize(
     ("grid", "needle"),
     [
-        ({"steps": 5}, "non-empty list"),
-        ({"steps": []}, "non-empty list"),
+        ({"max_steps": 5}, "non-empty list"),
+        ({"max_steps": []}, "non-empty list"),
         ([5, 9], "grid must map"),
         ({}, "grid must map"),
         ({"bogus": [1, 2]}, "no parameter 'bogus'"),
         ({"optimizer": ["sgd"]}, "both fixed and in the grid"),
-        ({"steps": [5, 5]}, "share a label"),
+        ({"max_steps": [5, 5]}, "share a label"),
     ],
 )
 def test_bad_attack_grid_is_one_line(grid, needle):

@@ -327,7 +327,7 @@ def test_feature_matching_never_leaves_the_box_or_the_linf_ball(digits):
 
 # --- the registered attacks ---------------------------------------------------------------------
 
-FAST = dict(steps=60, max_tries=1, decoder_steps=20, match_steps=4, gradpc_steps=10)
+FAST = dict(max_steps=60, max_tries=1, decoder_steps=20, match_steps=4, gradpc_steps=10)
 
 
 def test_same_seed_gives_identical_poisons_for_every_variant(digits):

@@ -831,9 +831,45 @@ def _cases() -> list[Case]:
     )
     add(
         "attack parameter of the wrong type",
-        "`attacks: [{name: gc-input, steps: many}]`",
-        "steps",
-        lambda d: run_cfg(d, {"attacks": [{"name": "gc-input", "steps": "many"}]}),
+        "`attacks: [{name: gc-input, max_steps: many}]`",
+        "max_steps",
+        lambda d: run_cfg(d, {"attacks": [{"name": "gc-input", "max_steps": "many"}]}),
+    )
+    add(
+        "plateau tolerance not positive",
+        "`attacks: [{name: tgda, tol: 0}]`",
+        "tol=0",
+        lambda d: run_cfg(d, {"attacks": [{"name": "tgda", "tol": 0.0}]}),
+    )
+    add(
+        "plateau step cap below one",
+        "`attacks: [{name: tgda-feature, max_steps: 0}]`",
+        "max_steps=0",
+        lambda d: run_cfg(d, {"attacks": [{"name": "tgda-feature", "max_steps": 0}]}),
+    )
+    add(
+        "plateau window below one",
+        "`attacks: [{name: gc-input, window: 0}]`",
+        "window=0",
+        lambda d: run_cfg(d, {"attacks": [{"name": "gc-input", "window": 0}]}),
+    )
+    add(
+        "inversion source not a feature-space attack",
+        "`attacks: [{name: ft-match, source: tgda}]`",
+        "source='tgda'",
+        lambda d: run_cfg(d, {"attacks": [{"name": "ft-match", "source": "tgda"}]}),
+    )
+    add(
+        "defence-aware option not a boolean",
+        "`attacks: [{name: tgda-feature, defense_aware: maybe}]`",
+        "defense_aware",
+        lambda d: run_cfg(d, {"attacks": [{"name": "tgda-feature", "defense_aware": "maybe"}]}),
+    )
+    add(
+        "defence-aware attack against an unknown defence",
+        "`attacks: [{name: kkt, defense: knn}]`",
+        "defense='knn'",
+        lambda d: run_cfg(d, {"attacks": [{"name": "kkt", "defense": "knn"}]}),
     )
     add(
         "attack parameter NaN",

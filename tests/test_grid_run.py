@@ -20,7 +20,7 @@ def test_count_multiplies_every_axis(tiny_config):
             split_seeds=[0, 5],
             attacks=[
                 "label-flip",  # box only
-                {"name": "gc-input", "grid": {"steps": [5, 9]}},  # unconstrained and box
+                {"name": "gc-input", "grid": {"max_steps": [5, 9]}},  # unconstrained and box
                 "ft-ideal",  # feature
             ],
             eps=[0.03, 0.1, 0.3],

@@ -97,13 +97,17 @@ def test_cg_and_cholesky_solves_match_dense_solve():
     torch.testing.assert_close(conjugate_gradient(lambda v: a @ v, g, 200), expected)
 
 
-def _problem(hessian: str) -> tuple[FollowerProblem, torch.Tensor, torch.Tensor]:
+def _problem(
+    hessian: str, precise: bool = True
+) -> tuple[FollowerProblem, torch.Tensor, torch.Tensor]:
     k, d = 3, 4
     z_fol, y_fol = _blobs(30, k, d, 6)
     z_val, y_val = _blobs(20, k, d, 7)
     z_p, _ = _blobs(3, k, d, 8)
     y_p = torch.tensor([1, 2, 0])
     prob = FollowerProblem(z_fol, y_fol, z_val, y_val, k, TIGHT, hessian=hessian, cg_iters=200)
+    if precise:  # float64 CG to 1e-14 (the attack's default is float32 to 1e-4: a direction)
+        prob.cg_tol, prob.cg_dtype = 1e-14, torch.float64
     return prob, z_p, y_p
 
 
@@ -146,6 +150,15 @@ def test_tgda_total_gradient_matches_finite_differences(hessian: str):
             fd[i, j] = (up - down) / (2 * h)
     assert grad.abs().max() > 1e-3  # a non-trivial gradient
     torch.testing.assert_close(grad, fd, rtol=1e-5, atol=1e-8)
+    if hessian == "cg":  # the attack's defaults (float32 CG to 1e-4, warm-started) stay close
+        fast, _, _ = _problem(hessian, precise=False)
+        fast.cg_iters = 16
+        for _ in range(2):  # the second solve starts from the first (warm start)
+            zz = z_p.clone().requires_grad_(True)
+            s = total_gradient_surrogate(head, fast, zz, y_p, stats)
+            (g32,) = torch.autograd.grad(s, zz)
+            torch.testing.assert_close(g32, fd, rtol=2e-3, atol=1e-6)
+        assert stats["solve_residual"] < 1e-3
 
 
 def test_follower_steps_approach_exact_solution():
@@ -205,11 +218,11 @@ def _ctx(
 
 
 FAST = {
-    "gc-input": {"steps": 4},
-    "tgda": {"leader_steps": 3},
-    "tgda-generator": {"leader_steps": 3, "leader": "generator", "lr": 0.05},
-    "tgda-steps-cg": {"leader_steps": 3, "follower": "steps", "hessian": "cg"},
-    "emn": {"pgd_steps": 4, "max_rounds": 2},
+    "gc-input": {"max_steps": 4},
+    "tgda": {"max_steps": 3},
+    "tgda-generator": {"max_steps": 3, "leader": "generator", "lr": 0.05},
+    "tgda-steps-cg": {"max_steps": 3, "follower": "steps", "hessian": "cg"},
+    "emn": {"max_steps": 4, "max_rounds": 2},
 }
 
 
@@ -249,7 +262,7 @@ def test_unconstrained_regime_can_leave_the_box(tiny, name):
 def test_emn_noise_within_linf_budget_and_replaces_points(tiny):
     for regime in ("unconstrained", "box"):
         ctx = _ctx(tiny, eps=0.2, regime=regime)
-        ps = get_attack("emn").fn(ctx, pgd_steps=5, max_rounds=2, linf=4 / 255, step_size=2 / 255)
+        ps = get_attack("emn").fn(ctx, max_steps=5, max_rounds=2, linf=4 / 255, step_size=2 / 255)
         delta = ps.x - ctx.train.x[ps.replace_idx]
         assert float(delta.abs().max()) <= 4 / 255 + 1e-7
         assert float(delta.abs().max()) > 3 / 255  # sign steps reach the budget
@@ -257,13 +270,13 @@ def test_emn_noise_within_linf_budget_and_replaces_points(tiny):
         assert len(set(ps.replace_idx.tolist())) == len(ps) == ctx.n_poison
         if regime == "box":
             assert bool(ctx.threat.domain.contains(ps.x, tol=0).all())
-    all_ps = get_attack("emn").fn(_ctx(tiny), pgd_steps=1, max_rounds=1, fraction="all")
+    all_ps = get_attack("emn").fn(_ctx(tiny), max_steps=1, max_rounds=1, fraction="all")
     assert torch.equal(all_ps.replace_idx, torch.arange(len(tiny[0])))
 
 
 def test_emn_lowers_surrogate_loss_of_perturbed_points(tiny):
     ctx = _ctx(tiny, eps=0.2, regime="box")
-    ps = get_attack("emn").fn(ctx, pgd_steps=10, max_rounds=1)
+    ps = get_attack("emn").fn(ctx, max_steps=10, max_rounds=1)
     head = ctx.clean_head
     before = torch.nn.functional.cross_entropy(head.logits(ctx.z_train[ps.replace_idx]), ps.y)
     after = torch.nn.functional.cross_entropy(head.logits(ctx.extractor(ps.x)), ps.y)
@@ -284,21 +297,21 @@ def test_batched_feature_gradient_equals_one_pass(tiny):
 
 def test_gc_input_with_tgda_feature_target(tiny):
     ctx = _ctx(tiny, eps=0.2, regime="box")
-    ps = get_attack("gc-input").fn(ctx, steps=6, target="tgda-feature")
+    ps = get_attack("gc-input").fn(ctx, max_steps=6, target="tgda-feature")
     assert ps.info["gc_objective"] < ps.info["gc_objective_init"]
     assert bool(ctx.threat.domain.contains(ps.x, tol=0).all())
 
 
 def test_tgda_feature_inversion_gives_box_images(tiny):
     ctx = dataclasses.replace(_ctx(tiny), threat=ThreatModel(0.1, tiny[0].domain, "feature"))
-    ps = get_attack("tgda-feature").fn(ctx, leader_steps=3, invert="feature-match", match_steps=3)
+    ps = get_attack("tgda-feature").fn(ctx, max_steps=3, invert="feature-match", match_steps=3)
     assert ps.x is not None and ps.z is None
     assert bool(ctx.threat.domain.contains(ps.x, tol=0).all())
 
 
 def test_gc_input_decreases_gc_objective(tiny):
     ctx = _ctx(tiny, eps=0.2, regime="box")
-    ps = get_attack("gc-input").fn(ctx, steps=8, labels="confusable", target="gradpc")
+    ps = get_attack("gc-input").fn(ctx, max_steps=8, labels="confusable", target="gradpc")
     target, _ = target_head(ctx)
     fn = gc_objective_fn(target, ctx.z_train, ctx.train.y, ps.y, ctx.victim)
     before = float(fn(ctx.z_train[ps.base_idx]))
@@ -311,7 +324,7 @@ def test_gc_input_restarts_with_smaller_steps_when_they_overshoot(tiny):
     """A step size far too large for the images: without restarts no step beats the start;
     with them the images go back to the best iterate with half the step until steps help."""
     ctx = _ctx(tiny, eps=0.2, regime="unconstrained")
-    kw = dict(steps=16, lr=30.0, labels="confusable", target="gradpc")
+    kw = dict(max_steps=16, window=16, lr=30.0, labels="confusable", target="gradpc")
     stuck = get_attack("gc-input").fn(ctx, patience=10_000, **kw)
     assert stuck.info["restarts"] == 0
     assert stuck.info["gc_objective"] == stuck.info["gc_objective_init"]  # never improved
@@ -337,7 +350,7 @@ def test_pixel_optimizer_restart_halves_the_step_and_resets_adam(tiny):
 
 def test_tgda_raises_validation_loss_and_hurts_victim(tiny):
     ctx = _ctx(tiny, eps=0.2, regime="box")
-    ps = get_attack("tgda").fn(ctx, leader_steps=6)
+    ps = get_attack("tgda").fn(ctx, max_steps=6)
     assert ps.info["val_loss"] > ps.info["val_loss_init"]
     assert 0 <= ps.stage_seconds["solve_share"] <= 1
     z = torch.cat([ctx.z_train, ctx.extractor(ps.x)])
@@ -350,7 +363,7 @@ def test_tgda_raises_validation_loss_and_hurts_victim(tiny):
 
 def test_tgda_feature_stays_in_clean_feature_range(tiny):
     ctx = dataclasses.replace(_ctx(tiny), threat=ThreatModel(0.1, tiny[0].domain, "feature"))
-    ps = get_attack("tgda-feature").fn(ctx, leader_steps=5)
+    ps = get_attack("tgda-feature").fn(ctx, max_steps=5)
     assert ps.x is None and ps.z is not None and len(ps) == ctx.n_poison
     lo, hi = ctx.z_train.min(0).values, ctx.z_train.max(0).values
     assert bool(((ps.z >= lo - 1e-6) & (ps.z <= hi + 1e-6)).all())

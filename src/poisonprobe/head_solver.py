@@ -117,12 +117,20 @@ class HeadCurvature:
         return torch.cat([out[:, :d].reshape(-1), out[:, d]])
 
     def solve_cg(
-        self, g: torch.Tensor, iters: int = 16, tol: float = 1e-10, precondition: bool = True
+        self,
+        g: torch.Tensor,
+        iters: int = 16,
+        tol: float = 1e-10,
+        precondition: bool = True,
+        x0: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``H⁻¹ g`` by (preconditioned) conjugate gradient on Hessian-vector products."""
+        """``H⁻¹ g`` by (preconditioned) conjugate gradient on Hessian-vector products;
+        ``x0`` warm-starts it (e.g. the previous leader step's solution)."""
         g = g - (g @ self.null) * self.null
         pre = self._project_precondition if precondition else None
-        return conjugate_gradient(self.hvp, g, iters, tol, pre)
+        if x0 is not None:
+            x0 = x0 - (x0 @ self.null) * self.null
+        return conjugate_gradient(self.hvp, g, iters, tol, pre, x0)
 
     def _project_precondition(self, u: torch.Tensor) -> torch.Tensor:
         v = self.precondition(u)
@@ -179,11 +187,16 @@ def conjugate_gradient(
     iters: int,
     tol: float = 1e-10,
     precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    x0: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(Preconditioned) CG for a symmetric positive (semi-)definite operator, x₀ = 0; stops
-    when the residual is below ``tol·||b||``."""
-    x = torch.zeros_like(b)
-    r = b.clone()
+    """(Preconditioned) CG for a symmetric positive (semi-)definite operator from ``x0``
+    (default 0); stops when the residual is below ``tol·||b||``."""
+    if x0 is None:
+        x = torch.zeros_like(b)
+        r = b.clone()
+    else:
+        x = x0.to(b)
+        r = b - matvec(x)
     zr = precondition(r) if precondition is not None else r
     p = zr.clone()
     rz = r @ zr

@@ -18,6 +18,7 @@ from ..data.base import ImageDataset
 from ..domain import InputDomain
 from ..errors import ConfigError, check_eps
 from ..victim import LinearHead, VictimConfig
+from ._optim import StopRule
 
 T = TypeVar("T")
 
@@ -178,6 +179,7 @@ class AttackInfo:
     fn: AttackFn
     regimes: tuple[str, ...]  # regimes it runs in; ("feature",) for feature-injection attacks
     description: str
+    validate: Callable[[dict[str, Any]], None] | None = None  # value checks, before any work
 
     def params(self) -> dict[str, inspect.Parameter]:
         sig = inspect.signature(self.fn)
@@ -195,6 +197,20 @@ class AttackInfo:
         for key, value in params.items():
             if key in hints:
                 _check_value(self.name, key, value, hints[key], allowed[key].default)
+        _check_stop_rule(self.name, params, allowed)
+        if self.validate is not None:
+            self.validate({k: params.get(k, p.default) for k, p in allowed.items()})
+
+
+def _check_stop_rule(
+    attack: str, params: dict[str, Any], allowed: dict[str, inspect.Parameter]
+) -> None:
+    """The plateau rule's values (``tol``, ``window``, ``max_steps``) in range, up front."""
+    keys = ("tol", "window", "max_steps")
+    if not any(k in params for k in keys) or not all(k in allowed for k in keys):
+        return
+    values = {k: params.get(k, allowed[k].default) for k in keys}
+    StopRule(**values).check(f"attack {attack!r}:")
 
 
 def _param_types(fn: Callable, params: dict[str, inspect.Parameter]) -> dict[str, Any]:
@@ -236,7 +252,10 @@ _ATTACKS: dict[str, AttackInfo] = {}
 
 
 def register_attack(
-    name: str, regimes: tuple[str, ...] = ("box",), description: str = ""
+    name: str,
+    regimes: tuple[str, ...] = ("box",),
+    description: str = "",
+    validate: Callable[[dict[str, Any]], None] | None = None,
 ) -> Callable[[AttackFn], AttackFn]:
     """Register ``fn(ctx, **params) -> PoisonSet`` under ``name``.
 
@@ -247,7 +266,7 @@ def register_attack(
 
     def deco(fn: AttackFn) -> AttackFn:
         doc = description or (inspect.getdoc(fn) or "").split("\n")[0]
-        _ATTACKS[name] = AttackInfo(name, fn, tuple(regimes), doc)
+        _ATTACKS[name] = AttackInfo(name, fn, tuple(regimes), doc, validate)
         return fn
 
     return deco

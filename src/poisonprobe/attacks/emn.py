@@ -14,6 +14,7 @@ the L∞ ball; only ``box`` also clips to the pixel box.
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..head_solver import newton_solve
+from ._optim import Plateau, stop_rule
 from .base import AttackContext, PoisonSet, clip_linf_, register_attack
 from .gc_input import feature_loss_and_grad
 
@@ -41,23 +43,29 @@ def emn(
     ctx: AttackContext,
     linf: float = 8 / 255,
     step_size: float = 0.8 / 255,
-    pgd_steps: int = 20,
+    max_steps: int = 100,
+    tol: float = 5e-3,
+    window: int = 10,
+    patience: int = 3,
     max_rounds: int = 2,
     stop_error: float = 0.01,
     fraction: str = "eps",
 ) -> PoisonSet:
     """Error-minimising noise on an ``eps`` fraction of the training set (or ``fraction="all"``).
 
-    Each round: fit the surrogate head on the current (partly perturbed) features, then
-    ``pgd_steps`` sign steps of ``step_size`` that *lower* the CE of the perturbed points; stop
+    Each round: fit the surrogate head on the current (partly perturbed) features, then sign
+    steps of ``step_size`` that *lower* the CE of the perturbed points until that CE improves
+    by less than ``tol`` over ``window`` steps (at most ``max_steps`` per round; after
+    ``patience`` steps without a new best, back to the best noise at half the step); stop
     when their surrogate error is below ``stop_error`` or after ``max_rounds``.
     """
     if fraction not in ("eps", "all"):
         raise ConfigError(f"emn fraction={fraction!r} is unknown; use 'eps' or 'all'")
     if not linf > 0 or not step_size > 0:
         raise ConfigError(f"emn linf={linf} and step_size={step_size} must be > 0")
-    if pgd_steps < 1 or max_rounds < 1:
-        raise ConfigError("emn pgd_steps and max_rounds must be >= 1")
+    rule = stop_rule("emn", tol, window, max_steps, patience)
+    if max_rounds < 1:
+        raise ConfigError(f"emn max_rounds={max_rounds} must be >= 1")
     t_all = time.perf_counter()
     n = ctx.n_clean if fraction == "all" else min(ctx.n_poison, ctx.n_clean)
     if fraction == "all":
@@ -78,26 +86,55 @@ def emn(
 
     t_head = t_pgd = 0.0
     error = float("nan")
-    rounds = 0
+    rounds = steps_run = 0
+    converged, last_best = False, math.nan
+    trace: list[float] = []
     for _ in ctx.iterate(max_rounds, "emn"):
         rounds += 1
         t0 = time.perf_counter()
         head = newton_solve(head, z_all, y_all, ctx.victim.weight_decay, tol=1e-6)
         t_head += time.perf_counter() - t0
         t0 = time.perf_counter()
-        for _ in range(pgd_steps):
-            _, gx, _ = feature_loss_and_grad(ctx, x, loss_fn)
-            # x - step_size * sign(gx), projected; in place (x is this loop's own copy)
-            x = emn_project_(ctx, x.sub_(gx.sign_().mul_(step_size)), x0, linf)
+        plateau = Plateau(rule, maximize=False)
+        step = step_size
+        best_x = x.clone()
+        for _ in range(rule.max_steps):
+            loss, gx, _ = feature_loss_and_grad(ctx, x, loss_fn)
+            if plateau.record(loss):
+                best_x.copy_(x)
+            if plateau.done():
+                break
+            if plateau.restart_due():  # sign steps overshoot: back to the best, half the step
+                x.copy_(best_x)
+                step *= 0.5
+                continue
+            # x - step * sign(gx), projected; in place (x is this loop's own copy)
+            x = emn_project_(ctx, x.sub_(gx.sign_().mul_(step)), x0, linf)
             del gx
+        x = best_x
+        steps_run += plateau.steps
+        converged, last_best = plateau.converged, plateau.best
+        trace += plateau.trace
         z_p = ctx.encode(x)
         z_all[idx_d] = z_p.to(z_all.dtype)
         error = 1.0 - head.accuracy(z_p, y)
         t_pgd += time.perf_counter() - t0
         if error < stop_error:
+            converged = True
             break
     noise = (x - x0).abs_().amax().item() if n else 0.0
-    info = {"train_error": error, "rounds": rounds, "n_perturbed": n, "max_noise": noise}
+    stride = max(1, -(-len(trace) // 200))
+    info = {
+        "train_error": error,
+        "rounds": rounds,
+        "n_perturbed": n,
+        "max_noise": noise,
+        "attack_objective": last_best,  # surrogate CE (sum), minimised
+        "attack_steps": steps_run,
+        "converged": converged,
+        "objective_trace": [round(v, 8) for v in trace[::stride]],
+        "objective_trace_stride": stride,
+    }
     return PoisonSet(
         y=y.cpu(),
         x=x.detach().cpu(),

@@ -20,13 +20,14 @@ Changing point j's label from y to y' moves its gradient by ((e_y − e_y') ζ_j
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError
 from ..victim import LinearHead, label_targets
+from ._optim import Plateau, StopRule
 from .gc_objective import CleanGradient, GCLossAndGrad, gc_loss, gc_residual
 from .poisonability import FeatureBox
 
@@ -43,6 +44,7 @@ class FeatureGCResult:
     objective: float  # final ‖R‖² / ‖R_c‖² (the best iterate)
     init_objective: float
     steps_run: int
+    summary: dict = field(default_factory=dict)  # _optim.Plateau.summary (steps, converged…)
 
 
 def project_features(
@@ -110,11 +112,17 @@ def feature_gc(
     relabel_every: int = 100,
     tol: float = 1e-8,
     dtype: torch.dtype = torch.float32,
+    rel_tol: float = 1e-3,
+    window: int = 20,
+    patience: int = 5,
 ) -> FeatureGCResult:
     """Optimise ζ (started at ``z_init``) so that ŵ = ``head`` becomes the victim's solution.
 
-    ``lr`` is relative to ``scale`` (default: the std of ``z_init``), so one value serves
-    extractors with very different feature magnitudes. Stops early once the objective < tol.
+    ``lr`` (constant) is relative to ``scale`` (default: the std of ``z_init``), so one value
+    serves extractors with very different feature magnitudes. Stops once the objective < tol
+    (attained), or when it improved by less than ``rel_tol`` over ``window`` steps, at most
+    ``steps``; after ``patience`` steps without a new best, ζ goes back to the best iterate
+    at half the step with fresh Adam moments (``_optim.Plateau``).
     ``dtype``: the working precision. float32 by default: Adam's steps are scale-free and the
     objective's float32 floor (~1e-12) is far below what stage 2 reaches, while each step
     costs half or less (and a GPU's float64 rate is a fraction of its float32 rate); the
@@ -151,30 +159,41 @@ def feature_gc(
     def objective(z: torch.Tensor) -> float:
         return float(gc_loss(head, clean, z, y, weight_decay))
 
-    best_obj, best_z, best_y = objective(zeta), zeta.clone(), y.clone()
     targets = label_targets(y, head.n_classes, dtype)  # one-hot, rebuilt only on relabelling
     loss_and_grad = GCLossAndGrad(head, clean, int(zeta.shape[0]), weight_decay)
     adam = _Adam(zeta) if optimizer == "adam" else None
+    plateau = Plateau(
+        StopRule(rel_tol, window, max(steps, 1), patience), maximize=False, relative_to_start=True
+    )
+    best_z, best_y = zeta.clone(), y.clone()
     ran = 0
     for t in range(steps):
-        if best_obj < tol:
-            break
-        frac = 0.5 * (1.0 + math.cos(math.pi * t / steps))
         if labels == "optimal" and relabel_every > 0 and t > 0 and t % relabel_every == 0:
             y = relabel(head, clean, zeta, y, weight_decay)
             targets = label_targets(y, head.n_classes, dtype)
         value, grad = loss_and_grad(zeta, targets)
-        if value < best_obj:
-            best_obj, best_z, best_y = value, zeta.clone(), y.clone()
+        if plateau.record(value):
+            best_z, best_y = zeta.clone(), y.clone()
+        if value < tol:
+            plateau.reach("attained")
+        if plateau.done():
+            break
+        if plateau.restart_due():  # overshooting: back to the best ζ, half the step
+            zeta, y, lr_abs = best_z.clone(), best_y.clone(), lr_abs * 0.5
+            targets = label_targets(y, head.n_classes, dtype)
+            if adam is not None:
+                adam = _Adam(zeta)
+            continue
         if adam is not None:
-            adam.step(grad, lr_abs * frac)
+            adam.step(grad, lr_abs)
         else:
             rms = grad.pow(2).mean().sqrt().clamp_min(1e-30)
-            zeta -= lr_abs * frac * grad / rms
+            zeta -= lr_abs * grad / rms
         zeta = project_features(zeta, box, norm_cap)
         if adam is not None:
             adam.param = zeta
         ran = t + 1
+    best_obj = plateau.best if plateau.steps else objective(zeta)
     final = objective(zeta)
     if final < best_obj:
         best_obj, best_z, best_y = final, zeta.clone(), y.clone()
@@ -186,6 +205,7 @@ def feature_gc(
         objective=exact(best_z, best_y),
         init_objective=init_obj,
         steps_run=ran,
+        summary=plateau.summary(),
     )
 
 

@@ -27,7 +27,15 @@ import torch
 
 from ..errors import ConfigError
 from ..victim import LinearHead, VictimConfig, train_head
-from .base import AttackContext, PoisonSet, _stable_hash, get_attack, register_attack
+from ._optim import stop_rule
+from .base import (
+    AttackContext,
+    PoisonSet,
+    _stable_hash,
+    attack_names,
+    get_attack,
+    register_attack,
+)
 from .feature_gc import LABEL_MODES, OPTIMIZERS, FeatureGCResult, feature_gc, relabel
 from .gc_objective import clean_gradient, gc_loss
 from .gradpc import (
@@ -75,18 +83,21 @@ def _ft(
     gradpc_steps: int = 30,
     seed_attacks: tuple[str, ...] | list[str] = ("label-flip",),
     max_tries: int = 3,
-    steps: int = 300,
+    max_steps: int = 1000,
+    tol: float = 2e-4,
+    window: int = 20,
     lr: float = 0.1,
     optimizer: str = "adam",
     labels: str = "optimal",
     norm_cap: float | None = None,
     accept: float = 1e-3,
-    decoder_steps: int = 300,
+    decoder_steps: int = 1000,
     match_steps: int = 50,
     match_lr: float = 0.03,
     match_method: str = "adam",
     start: str = "clean",
     linf: float | None = None,
+    source: str = "auto",
 ) -> PoisonSet:
     """Shared body of the four FT variants (see the module docstring for the stages).
 
@@ -96,7 +107,11 @@ def _ft(
     max_tries: candidates verified by stage 2; labels: ``optimal`` (coordinate descent on the
     objective) or ``init``; norm_cap: feasible ζ norm ≤ norm_cap × max clean norm; accept: a
     stage-2 objective this small counts as attained; linf: L∞ radius around each poison's clean
-    start for the image variants (default: the run's ``linf``).
+    start for the image variants (default: the run's ``linf``); source: the feature-space
+    poisons the image variants invert — ``gc`` (stage 2's feasible ζ), any registered
+    feature-regime attack that returns features (``tgda-feature``, ``kkt``, …), or ``auto``:
+    whichever of ``AUTO_SOURCES`` leaves the attacker's retrained victim least accurate on the
+    clean training set (so "inversion is the bottleneck" is measured from the strongest).
     """
     if isinstance(seed_attacks, str):
         seed_attacks = (seed_attacks,)
@@ -112,7 +127,9 @@ def _ft(
         gradpc_steps=gradpc_steps,
         seed_attacks=tuple(seed_attacks),
         max_tries=max_tries,
-        steps=steps,
+        max_steps=max_steps,
+        tol=tol,
+        window=window,
         lr=lr,
         optimizer=optimizer,
         labels=labels,
@@ -120,6 +137,7 @@ def _ft(
         accept=accept,
     )
     _check(params, match_method, start, decoder_steps, match_steps, match_lr, linf)
+    check_source(source)
     stage = _stage12(ctx, params)
     pick = stage.ideal if variant == "ideal" else stage.feasible
     info: dict[str, Any] = {
@@ -132,6 +150,7 @@ def _ft(
         "attacker_train_acc": pick.realised_acc,
         "n_candidates": stage.n_candidates,
         "n_tried": stage.n_tried,
+        **_stage2_summary(pick.result),
     }
     seconds = dict(stage.seconds)
     y = pick.result.y.cpu()
@@ -144,15 +163,23 @@ def _ft(
             stage_seconds=seconds,
         )
 
+    src = _inversion_source(ctx, source, pick)
+    info["source"] = src.name
+    if src.name != "gc":  # the columns describe the inverted poisons, not stage 2's
+        info.update(src.info)
+        info["attacker_train_acc"] = src.train_acc
     dom = ctx.threat.domain
     radius_linf = linf if linf is not None else ctx.threat.linf
-    center = pick.start_x.to(ctx.device)
+    center = src.start_x.to(ctx.device)
     need_decoder = variant == "decoder" or start == "decoder"
     x_dec = None
     if need_decoder:
         decoder, seconds["decoder_train"] = _decoder(ctx, decoder_steps)
+        dec_sum = getattr(decoder, "summary", {})
+        info["decoder_steps_run"] = dec_sum.get("attack_steps", decoder_steps)
+        info["decoder_converged"] = dec_sum.get("converged", False)
         t0 = time.perf_counter()
-        x_dec = _project(decode(decoder, pick.result.z), center, dom, radius_linf)
+        x_dec = _project(decode(decoder, src.z), center, dom, radius_linf)
         seconds["inversion"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if variant == "decoder":
@@ -161,7 +188,7 @@ def _ft(
         begin = x_dec if start == "decoder" else center
         match = feature_match(
             ctx.extractor,
-            pick.result.z.to(ctx.device),
+            src.z.to(ctx.device),
             begin,
             dom,
             radius_linf,
@@ -173,26 +200,112 @@ def _ft(
         )
         x = match.x
         info["feature_error_init"] = match.init_rel_error
+        info["match_steps_run"] = match.summary.get("attack_steps", 0)
+        info["attack_steps"] += info["match_steps_run"]
+        info["converged"] = bool(info["converged"] and match.summary.get("converged", True))
     seconds["inversion"] = seconds.get("inversion", 0.0) + time.perf_counter() - t0
     assert x is not None
     z_x = ctx.encode(x).to(torch.float64)
-    wd = ctx.victim.weight_decay
-    head = pick.target.head.to(z_x.device, torch.float64)
-    zc = ctx.z_train.to(torch.float64)
-    clean = clean_gradient(head, zc, ctx.train.y.to(zc.device), wd)
-    zeta = pick.result.z.to(z_x.device, torch.float64)
-    y_x = pick.result.y.to(z_x.device)
-    info["zeta_objective"] = pick.result.objective
+    zeta = src.z.to(z_x.device, torch.float64)
     info["feature_error"] = float(
         (((z_x - zeta) ** 2).sum(1) / (zeta**2).sum(1).clamp_min(1e-12)).mean()
     )
-    if labels == "optimal":  # the images' real features differ from ζ: re-pick their labels
-        y_x = relabel(head, clean, z_x, y_x, wd)
-        y = y_x.cpu()
-    info["gc_objective"] = float(gc_loss(head, clean, z_x, y_x, wd))
+    y = src.y.cpu()
+    if src.name == "gc":
+        wd = ctx.victim.weight_decay
+        head = pick.target.head.to(z_x.device, torch.float64)
+        zc = ctx.z_train.to(torch.float64)
+        clean = clean_gradient(head, zc, ctx.train.y.to(zc.device), wd)
+        y_x = pick.result.y.to(z_x.device)
+        info["zeta_objective"] = pick.result.objective
+        if labels == "optimal":  # the images' real features differ from ζ: re-pick labels
+            y_x = relabel(head, clean, z_x, y_x, wd)
+            y = y_x.cpu()
+        info["gc_objective"] = float(gc_loss(head, clean, z_x, y_x, wd))
     return PoisonSet(
-        y=y, x=x.detach().cpu(), base_idx=pick.base_idx, info=info, stage_seconds=seconds
+        y=y, x=x.detach().cpu(), base_idx=src.base_idx, info=info, stage_seconds=seconds
     )
+
+
+AUTO_SOURCES = ("gc", "tgda-feature")
+"""The feature-space attacks ``source="auto"`` compares (each run once per seed and eps)."""
+
+
+@dataclass
+class _Source:
+    """Feature-space poisons to invert, with where they started and how strong they are."""
+
+    name: str
+    z: torch.Tensor
+    y: torch.Tensor
+    start_x: torch.Tensor
+    base_idx: torch.Tensor | None
+    train_acc: float  # clean-train accuracy of the victim retrained on clean ∪ z
+    info: dict[str, Any]
+
+
+def check_source(source: str) -> None:
+    """``source`` names ``gc``, ``auto`` or a registered feature-regime attack (not FT)."""
+    if source in ("auto", "gc"):
+        return
+    names = attack_names()
+    feature = [n for n in names if get_attack(n).regimes == ("feature",) and n not in _FT_NAMES]
+    if source not in feature:
+        raise ConfigError(
+            f"FT source={source!r} is not a feature-space attack; use 'auto', 'gc' or one of "
+            f"{', '.join(feature)}"
+        )
+
+
+def _inversion_source(ctx: AttackContext, source: str, pick: _Pick) -> _Source:
+    gc = _Source(
+        "gc", pick.result.z, pick.result.y, pick.start_x, pick.base_idx, pick.realised_acc, {}
+    )
+    if source == "gc":
+        return gc
+    names = [source] if source != "auto" else [n for n in AUTO_SOURCES if n != "gc"]
+    found = [gc] if source == "auto" else []
+    found += [_feature_source(ctx, name) for name in names]
+    return min(found, key=lambda s: s.train_acc)  # ties: gc (listed first)
+
+
+def _feature_source(ctx: AttackContext, name: str) -> _Source:
+    """Run a feature-regime attack once per (seed, eps) and verify it by retraining."""
+    key = ("ft/source", name, id(ctx.z_train), ctx.seed, ctx.threat.eps)
+    if key not in ctx.memo:
+        sub = replace(ctx, threat=replace(ctx.threat, regime="feature"))
+        poison = get_attack(name).fn(sub)
+        if poison.z is None or poison.replace_idx is not None:
+            raise ConfigError(f"FT source={name!r} returned no injected features; use 'gc'")
+        zc = ctx.z_train.to(torch.float64)
+        yc = ctx.train.y.to(zc.device)
+        z_p, y_p = poison.z.to(ctx.z_train), poison.y.to(zc.device).long()
+        victim = train_head(
+            torch.cat([zc, z_p.to(zc)]),
+            torch.cat([yc, y_p]),
+            ctx.n_classes,
+            _exact(ctx, max_iter=100, tol=1e-5),
+            init=ctx.clean_head,
+        )
+        if poison.base_idx is not None:
+            idx, start_x = poison.base_idx, ctx.train.x[poison.base_idx]
+        else:  # no base images: start from the nearest clean point of each poison
+            idx = torch.cdist(z_p.float(), ctx.z_train.float()).argmin(1).cpu()
+            start_x = ctx.train.x[idx]
+        keep = ("attack_objective", "attack_steps", "converged", "restarts", "val_loss")
+        info = {f"source_{k}": poison.info[k] for k in keep if k in poison.info}
+        ctx.memo[key] = _Source(name, z_p, y_p, start_x, idx, victim.accuracy(zc, yc), info)
+    return ctx.memo[key]
+
+
+def _stage2_summary(res: FeatureGCResult) -> dict[str, Any]:
+    """Stage 2's convergence columns: the GC objective it reached (minimised), its steps.
+
+    A seed attack's own poisons attain their head with no optimisation: converged, 0 steps.
+    """
+    if not res.summary:
+        return {"attack_objective": res.objective, "attack_steps": 0, "converged": True}
+    return {**res.summary, "attack_objective": res.objective}
 
 
 FT_DEFAULTS: dict[str, Any] = {
@@ -228,7 +341,9 @@ _STAGE12_KEYS = (
     "gradpc_steps",
     "seed_attacks",
     "max_tries",
-    "steps",
+    "max_steps",
+    "tol",
+    "window",
     "lr",
     "optimizer",
     "labels",
@@ -265,9 +380,10 @@ def _check(
         raise ConfigError(f"FT target_acc={p['target_acc']} must be in (0, 1) (or null)")
     if p["radius"] is not None and p["target_acc"] is not None:
         raise ConfigError("FT: set radius or target_acc, not both")
-    for key in ("gradpc_steps", "max_tries", "steps"):
-        if int(p[key]) < (0 if key == "steps" else 1):
+    for key in ("gradpc_steps", "max_tries"):
+        if int(p[key]) < 1:
             raise ConfigError(f"FT {key}={p[key]} is too small; use a positive integer")
+    stop_rule("FT", p["tol"], p["window"], p["max_steps"])
     if not p["lr"] > 0 or not p["accept"] > 0 or not match_lr > 0:
         raise ConfigError("FT lr, match_lr and accept must be > 0")
     if p["norm_cap"] is not None and not p["norm_cap"] > 0:
@@ -409,7 +525,9 @@ def _try_target(
             wd,
             box=bx,
             norm_cap=cap if bx is not None else None,
-            steps=p["steps"],
+            steps=p["max_steps"],
+            rel_tol=p["tol"],
+            window=p["window"],
             lr=p["lr"],
             scale=scale,
             optimizer=p["optimizer"],
@@ -541,8 +659,15 @@ def _register(name: str, variant: str, regimes: tuple[str, ...], description: st
     )
     attack.__name__ = f"ft_{variant}"
     attack.__doc__ = description
-    register_attack(name, regimes=regimes, description=description)(attack)
+    register_attack(
+        name,
+        regimes=regimes,
+        description=description,
+        validate=lambda p: check_source(p["source"]),
+    )(attack)
 
+
+_FT_NAMES = ("ft-ideal", "ft-feasible", "ft-decoder", "ft-match")
 
 _register("ft-ideal", "ideal", ("feature",), "FT attack: unconstrained poisoned features ζ")
 _register("ft-feasible", "feasible", ("feature",), "FT attack: ζ inside the feasible feature box")

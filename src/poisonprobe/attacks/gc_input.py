@@ -17,6 +17,7 @@ import torch
 
 from ..errors import ConfigError
 from ..victim import LinearHead, VictimConfig, gradient_sums
+from ._optim import Plateau, stop_rule
 from .base import AttackContext, PoisonSet, register_attack
 from .baselines import most_confusable_labels
 from .gc_objective import clean_gradient, gc_loss
@@ -111,8 +112,10 @@ class PixelOptimizer:
         start: torch.Tensor,
         method: str,
         lr: float,
-        steps: int,
+        steps: int | None,
     ) -> None:
+        """``steps``: the cosine schedule's length, or None for a constant step size (the
+        plateau-stopped attacks: ``restart`` halves it when steps overshoot)."""
         if method not in ("adam", "sign"):
             raise ConfigError(f"optimizer={method!r} is unknown; use 'adam' or 'sign'")
         if not lr > 0:
@@ -127,7 +130,8 @@ class PixelOptimizer:
 
     def step(self, grad: torch.Tensor) -> torch.Tensor:
         """One descent step along ``grad`` (pass ``-grad`` to ascend)."""
-        lr = self.scale * cosine_lr(self.lr, self.t, self.steps)
+        base = self.lr if self.steps is None else cosine_lr(self.lr, self.t, self.steps)
+        lr = self.scale * base
         self.t += 1
         self.adam_t += 1
         if self.method == "sign":
@@ -274,15 +278,17 @@ def gc_objective_fn(
 @register_attack("gc-input", regimes=("unconstrained", "box"))
 def gc_input(
     ctx: AttackContext,
-    steps: int = 20,
+    max_steps: int = 200,
+    tol: float = 5e-3,
+    window: int = 10,
+    patience: int = 2,
     lr: float | None = None,
     optimizer: str = "adam",
     labels: str = "clean",
     radius: float = 0.05,
     target_steps: int = 100,
-    tol: float = 1e-3,
+    goal: float = 1e-3,
     target: str = "ft",
-    patience: int = 2,
 ) -> PoisonSet:
     """Gradient canceling on images through the frozen extractor, at a target head.
 
@@ -290,9 +296,11 @@ def gc_input(
     by construction) and starts from its feasible poisons' clean images and labels;
     ``target="gradpc"`` at a plain GradPC head of L2 radius ``radius``.
 
-    ``lr`` defaults to 0.1 (adam) / 0.02 (sign) in pixel units, cosine-decayed; ``radius`` is
+    ``lr`` defaults to 0.1 (adam) / 0.02 (sign) in pixel units, constant; ``radius`` is
     the GradPC target's L2 radius relative to ||w0||; ``labels`` ``clean`` (predecessor
-    default) or ``confusable``; stop early when the relative GC objective falls below ``tol``.
+    default) or ``confusable``. Stops when the relative GC objective falls below ``goal``
+    (converged) or improves by less than ``tol`` over ``window`` steps (``_optim.Plateau``),
+    at most ``max_steps``.
     ``patience``: after this many passes in a row without a new best objective, the images go
     back to the best iterate with half the step size and Adam restarts (on 3×32×32 CIFAR
     images lr 0.1 overshoots at every step; on the 8×8 digits it rarely stalls: 2 of the 36
@@ -300,10 +308,11 @@ def gc_input(
     ``target="tgda-feature"`` aims at the head that feature-space TGDA poisons induce instead
     (and starts from those poisons' base images and labels; ``labels`` is then ignored).
     """
-    if steps < 1:
-        raise ConfigError(f"gc-input steps={steps} must be >= 1")
-    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+    rule = stop_rule("gc-input", tol, window, max_steps, patience)
+    if patience < 1:
         raise ConfigError(f"gc-input patience={patience!r} must be an integer >= 1")
+    if not goal >= 0:
+        raise ConfigError(f"gc-input goal={goal} must be >= 0 (a relative GC objective)")
     lr = lr if lr is not None else (0.1 if optimizer == "adam" else 0.02)
     check_labels(labels)
     if target not in ("ft", "gradpc", "tgda-feature"):
@@ -332,38 +341,33 @@ def gc_input(
         x0 = ctx.train.x[idx].to(ctx.device)  # indexing copies
     z_clean = ctx.z_train
     loss_fn = gc_objective_fn(head, z_clean, ctx.train.y.to(z_clean.device), y, ctx.victim)
-    opt = PixelOptimizer(ctx, x0, x0, optimizer, lr, steps)
+    opt = PixelOptimizer(ctx, x0, x0, optimizer, lr, None)
+    plateau = Plateau(rule, maximize=False, relative_to_start=True)
     # opt.step never mutates an x it returned: keeping a reference is keeping a copy
-    best_x, best, first = opt.x, float("inf"), None
-    done = stalled = restarts = 0
-    for _ in ctx.iterate(steps, "gc-input"):
+    best_x, done = opt.x, 0
+    for _ in ctx.iterate(rule.max_steps, "gc-input"):
         loss, gx, _ = feature_loss_and_grad(ctx, opt.x, loss_fn)
-        first = loss if first is None else first
-        if loss < best:
-            best, best_x, stalled = loss, opt.x, 0
-        else:
-            stalled += 1
-        if loss < tol:
+        if plateau.record(loss):
+            best_x = opt.x
+        if loss < goal:
+            plateau.reach("goal")
+        if plateau.done():
             break
-        if stalled >= patience:  # the steps overshoot (e.g. lr too big for large images)
+        if plateau.restart_due():  # the steps overshoot (e.g. lr too big for large images)
             opt.restart(best_x)  # back to the best images, half the step; the next pass
-            stalled, restarts = 0, restarts + 1  # recomputes the gradient there
-            continue
+            continue  # recomputes the gradient there
         opt.step(gx)
         del gx  # before the next gradient is allocated
         done += 1
-    with torch.no_grad():  # the last step's result has not been scored yet
-        final = float(loss_fn(ctx.encode(opt.x)))
-    if final < best:
-        best, best_x = final, opt.x
+    best, first = plateau.best, plateau.trace[0]
     seconds = time.perf_counter() - t0
     info = {
         **meta,
         "target": target,
         "gc_objective": best,
         "gc_objective_init": first,
+        **plateau.summary(),
         "steps_run": done,
-        "restarts": restarts,
     }
     return PoisonSet(
         y=y.cpu(),

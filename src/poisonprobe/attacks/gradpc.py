@@ -23,6 +23,7 @@ import torch
 
 from ..errors import ConfigError
 from ..victim import LinearHead, gradient_sums
+from ._optim import Plateau, StopRule
 from .poisonability import FeatureBox, poisonability
 
 NORMS = ("l2", "linf")
@@ -55,11 +56,16 @@ def gradpc(
     norm: str = "l2",
     steps: int = 50,
     lr: float | None = None,
+    tol: float = 1e-4,
+    window: int = 5,
+    patience: int = 2,
 ) -> LinearHead:
     """Normalised gradient ascent on the clean loss from ``clean_head``, projected to a ball.
 
-    ``radius`` is absolute (parameter units); ``lr`` defaults to ``radius / 5`` and decays with
-    a cosine schedule so that the iterate settles on the ball instead of oscillating.
+    ``radius`` is absolute (parameter units); ``lr`` defaults to ``radius / 5`` and is halved
+    (back at the best iterate) after ``patience`` steps without a new best clean loss, so the
+    iterate settles on the ball instead of oscillating; stops when the clean loss improves by
+    less than ``tol`` over ``window`` steps (``_optim.Plateau``), at most ``steps``.
     """
     if norm not in NORMS:
         raise ConfigError(f"GradPC norm={norm!r} is unknown; use one of {NORMS}")
@@ -69,21 +75,41 @@ def gradpc(
         raise ConfigError(f"GradPC steps={steps} must be ≥ 1")
     k, d = clean_head.weight.shape
     theta0 = clean_head.flat().to(z.device, torch.float64)
-    base_lr = radius / 5.0 if lr is None else lr
+    step = radius / 5.0 if lr is None else lr
     a = torch.zeros_like(theta0)
     # only the gradient's direction (L2) or sign (L∞) is used: float32 passes over z, a
     # third of float64's cost, change it by ~1e-7
     z32 = z.detach().to(torch.float32)
-    for t in range(steps):
-        step = base_lr * 0.5 * (1.0 + math.cos(math.pi * t / steps))
+    plateau = Plateau(StopRule(tol, window, steps, patience), maximize=True)
+    best_a = a
+    for _ in range(steps):
         head32 = LinearHead.from_flat(theta0 + a, k, d).to(dtype=torch.float32)
-        g = clean_loss_gradient(head32, z32, y).to(torch.float64)
+        loss, g = clean_loss_and_gradient(head32, z32, y)
+        if plateau.record(loss):
+            best_a = a
+        if plateau.done():
+            break
+        if plateau.restart_due():  # oscillating on the ball: back to the best, half the step
+            a, step = best_a, step * 0.5
+            continue
+        g = g.to(torch.float64)
         if norm == "l2":
             a = a + step * g / g.norm().clamp_min(1e-30)
             a = a * min(1.0, radius / max(float(a.norm()), 1e-30))
         else:
             a = (a + step * g.sign()).clamp(-radius, radius)
-    return LinearHead.from_flat(theta0 + a, k, d)
+    if not plateau.converged:  # the last step was not scored: keep it only if better
+        head32 = LinearHead.from_flat(theta0 + a, k, d).to(dtype=torch.float32)
+        if clean_loss_and_gradient(head32, z32, y)[0] > plateau.best:
+            best_a = a
+    return LinearHead.from_flat(theta0 + best_a, k, d)
+
+
+def clean_loss_and_gradient(
+    head: LinearHead, z: torch.Tensor, y: torch.Tensor
+) -> tuple[float, torch.Tensor]:
+    """Mean clean cross-entropy (what the plateau rule watches) and its flat gradient."""
+    return clean_loss(head, z, y), clean_loss_gradient(head, z, y)
 
 
 @dataclass(eq=False)

@@ -12,13 +12,15 @@ Both run batched on the device of their inputs and never touch the extractor's p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..domain import InputDomain
 from ..errors import ConfigError
+from ._optim import Plateau, StopRule
 from .base import clip_linf_
 
 MATCH_METHODS = ("adam", "signed")
@@ -100,8 +102,15 @@ def train_decoder(
     batch_size: int = 128,
     hidden: int = 512,
     seed: int = 0,
+    tol: float = 1e-3,
+    window: int = 50,
+    patience: int = 20,
 ) -> Decoder:
     """Fit a decoder z ↦ x by MSE on clean (f(x), x) pairs; the extractor stays frozen.
+
+    Runs until the running minibatch loss improves by less than ``tol`` over ``window``
+    steps (at most ``steps``), halving Adam's step after ``patience`` steps without a new
+    best; ``decoder.summary`` records the steps and whether it converged.
 
     ``features`` (the cached f(images)) skips re-encoding; ``domain`` defaults to the
     extractor's. Deterministic for a seed (own generator; global RNG untouched).
@@ -121,15 +130,25 @@ def train_decoder(
         dec = Decoder(z.shape[1], domain, hidden, z.mean(0), z.std(0)).to(device)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(dec.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    # minibatch losses are noisy: the plateau rule watches their running mean (β = 0.9)
+    plateau = Plateau(StopRule(tol, window, steps, patience), maximize=False)
     n = z.shape[0]
+    ema = math.nan
     for _ in range(steps):
         idx = torch.randint(n, (min(batch_size, n),), generator=gen).to(device)
         loss = ((dec(z[idx]) - x[idx]) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
+        value = float(loss.detach())
+        ema = value if math.isnan(ema) else 0.9 * ema + 0.1 * value
+        plateau.record(ema)
+        if plateau.done():
+            break
+        if plateau.restart_due():  # the running loss stalls: half the step size
+            for group in opt.param_groups:
+                group["lr"] *= 0.5
+    dec.summary = plateau.summary()
     dec.eval()
     for p in dec.parameters():
         p.requires_grad_(False)
@@ -159,6 +178,7 @@ class MatchResult:
     x: torch.Tensor
     rel_error: float
     init_rel_error: float
+    summary: dict = field(default_factory=dict)  # _optim.Plateau.summary (steps, converged)
 
 
 def _project(
@@ -189,6 +209,9 @@ def feature_match(
     method: str = "adam",
     center: torch.Tensor | None = None,
     batch_size: int = 512,
+    tol: float = 1e-3,
+    window: int = 10,
+    patience: int = 3,
 ) -> MatchResult:
     """Projected steps on ``Σ_j ‖f(x̃_j) − ζ_j‖²`` inside the box (and the L∞ ball).
 
@@ -238,9 +261,23 @@ def feature_match(
     param = x.requires_grad_(True)  # x is this function's own copy: no second one
     del x
     opt = torch.optim.Adam([param], lr=step) if method == "adam" else None
+    plateau = Plateau(StopRule(tol, window, steps + 1, patience), maximize=False)
+    plateau.record(float(best_err.sum()))
+    stopped = False  # True when the loop ended on a scored iterate
     for _ in range(steps):
         err, grad = errors_and_grad(param.detach(), True)
         best_err = keep_better(err, best_err)
+        plateau.record(float(err.sum()))
+        if plateau.done():
+            stopped = True
+            break
+        if plateau.restart_due():  # overshooting: back to the best images, half the step
+            step *= 0.5
+            with torch.no_grad():
+                param.copy_(best_x)
+            if opt is not None:
+                opt = torch.optim.Adam([param], lr=step)
+            continue
         with torch.no_grad():
             if opt is not None:
                 param.grad = grad
@@ -250,7 +287,7 @@ def feature_match(
                 param -= step * grad.sign_()
             del grad
             _project_(param, center, domain, linf)
-    if steps > 0:
+    if steps > 0 and not stopped:
         err = errors_and_grad(param.detach(), False)[0]
         best_err = keep_better(err, best_err)
-    return MatchResult(best_x, float((best_err / norm2).mean()), init_err)
+    return MatchResult(best_x, float((best_err / norm2).mean()), init_err, plateau.summary())

@@ -36,11 +36,13 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..head_solver import HeadCurvature, newton_solve
+from ..head_solver import HeadCurvature, feature_eig, newton_solve
 from ..threads import single_thread_if_small
 from ..victim import LinearHead, VictimConfig, gradient_sums
+from ._feasible import check_defense_kind, defense_feasible_set
+from ._optim import Plateau, stop_rule
 from .base import AttackContext, PoisonSet, register_attack
-from .gc_input import PixelOptimizer, cosine_lr, feature_loss_and_grad, init_poisons
+from .gc_input import PixelOptimizer, feature_loss_and_grad, init_poisons
 
 HESSIAN_MODES = ("auto", "exact", "cg")
 FOLLOWER_MODES = ("exact", "steps")
@@ -64,6 +66,17 @@ class FollowerProblem:
     cg_iters: int = 16
     follower_tol: float = 1e-5  # ||∇F|| at which the exact follower stops
     leader_loss: str = "ce"
+    cg_tol: float = 1e-4  # relative residual at which the hypergradient's CG stops
+    cg_dtype: torch.dtype = torch.float32  # CG curvature precision (v only sets a direction)
+    v_prev: torch.Tensor | None = None  # last H⁻¹g: warm start for the next leader step
+    eig: tuple[torch.Tensor, torch.Tensor] | None = None  # clean-feature eig (preconditioner)
+
+    def preconditioner_eig(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``feature_eig`` of the clean follower data, once: the poisons move a few percent
+        of the rows, so the Kronecker preconditioner built from it stays a good one."""
+        if self.eig is None:
+            self.eig = feature_eig(self.z_fol.to(torch.float64))
+        return self.eig
 
 
 LEADER_LOSSES = ("ce", "prob", "margin")
@@ -98,16 +111,21 @@ def val_loss_and_grad(
 
 
 def solve_follower_system(
-    curv: HeadCurvature, g: torch.Tensor, hessian: str, cg_iters: int
+    curv: HeadCurvature,
+    g: torch.Tensor,
+    hessian: str,
+    cg_iters: int,
+    x0: torch.Tensor | None = None,
+    tol: float = 1e-10,
 ) -> tuple[torch.Tensor, bool]:
-    """``v = H⁻¹ g`` by the chosen method; returns (v, used_exact)."""
+    """``v = H⁻¹ g`` by the chosen method (CG warm-started at ``x0``); returns (v, used_exact)."""
     if hessian not in HESSIAN_MODES:
         raise ConfigError(f"hessian={hessian!r} is unknown; use one of {HESSIAN_MODES}")
     exact = hessian == "exact" or (hessian == "auto" and curv.auto_exact())
     with single_thread_if_small(curv.z.numel(), curv.z.device):
         if exact:
             return curv.solve_exact(g), True
-        return curv.solve_cg(g, cg_iters), False
+        return curv.solve_cg(g, cg_iters, tol=tol, x0=x0), False
 
 
 def total_gradient_surrogate(
@@ -127,8 +145,18 @@ def total_gradient_surrogate(
     z_all = torch.cat([prob.z_fol.to(torch.float64), zp_det])
     loss, g = val_loss_and_grad(head, prob.z_val, prob.y_val, prob.leader_loss)
     t0 = time.perf_counter()
-    curv = HeadCurvature(head, z_all, prob.victim.weight_decay)
-    v, exact = solve_follower_system(curv, g, prob.hessian, prob.cg_iters)
+    wd = prob.victim.weight_decay
+    curv = HeadCurvature(head, z_all, wd, prob.preconditioner_eig())
+    if prob.hessian == "cg" or (prob.hessian == "auto" and not curv.auto_exact()):
+        # float32 CG by default: v only sets the leader's direction (Adam steps are scale-free)
+        curv = HeadCurvature(head, z_all, wd, prob.preconditioner_eig(), prob.cg_dtype)
+    v, exact = solve_follower_system(curv, g, prob.hessian, prob.cg_iters, prob.v_prev, prob.cg_tol)
+    prob.v_prev = v
+    # the follower solve's accuracy: relative residual of H v = g off the flat bias direction
+    g_perp = g - (g @ curv.null) * curv.null
+    res = float((curv.hvp(v) - g_perp).norm() / g_perp.norm().clamp_min(1e-300))
+    stats["solve_residual"] = max(stats.get("solve_residual", 0.0), res)
+    stats["solve_residual_last"] = res
     stats["solve_seconds"] = stats.get("solve_seconds", 0.0) + time.perf_counter() - t0
     stats["val_loss"] = loss
     stats["exact_hessian"] = float(exact)
@@ -158,7 +186,14 @@ def follower_update(
     y_all = torch.cat([prob.y_fol, y_p.to(prob.y_fol.device)])
     if mode == "exact":
         with single_thread_if_small(z_all.numel(), z_all.device):
-            return newton_solve(head, z_all, y_all, prob.victim.weight_decay, tol=prob.follower_tol)
+            return newton_solve(
+                head,
+                z_all,
+                y_all,
+                prob.victim.weight_decay,
+                tol=prob.follower_tol,
+                eig=prob.preconditioner_eig(),
+            )
     zd = z_all.to(torch.float64)
     lr = 1.0 / follower_lipschitz(zd, prob.victim.weight_decay)
     theta = head.flat().detach().clone()
@@ -219,11 +254,11 @@ def follower_problem(
     return prob, val_idx
 
 
-def _check_common(follower: str, leader_steps: int, follower_steps: int) -> None:
+def _check_common(follower: str, follower_steps: int) -> None:
     if follower not in FOLLOWER_MODES:
         raise ConfigError(f"follower={follower!r} is unknown; use one of {FOLLOWER_MODES}")
-    if leader_steps < 1 or follower_steps < 1:
-        raise ConfigError("tgda leader_steps and follower_steps must be >= 1")
+    if follower_steps < 1:
+        raise ConfigError("tgda follower_steps must be >= 1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +300,10 @@ class PoisonGenerator(nn.Module):
 @register_attack("tgda", regimes=("unconstrained", "box"))
 def tgda(
     ctx: AttackContext,
-    leader_steps: int = 15,
+    max_steps: int = 200,
+    tol: float = 5e-3,
+    window: int = 15,
+    patience: int = 4,
     lr: float | None = None,
     optimizer: str = "adam",
     follower: str = "exact",
@@ -282,12 +320,17 @@ def tgda(
 ) -> PoisonSet:
     """Total gradient descent ascent: poisons (images or a generator) vs the linear head.
 
-    ``follower``: ``exact`` (solve to convergence → exact hypergradient) or ``steps``
-    (predecessor: ``follower_steps`` gradient steps per leader step). ``hessian``: ``exact``
-    (explicit + Cholesky), ``cg`` (``cg_iters`` CG iterations) or ``auto`` (by size).
-    ``lr`` defaults to 0.1 pixels (adam, images), 0.02 (sign) or 1e-3 (generator).
+    ``follower``: ``exact`` (solve to convergence, warm-started → exact hypergradient) or
+    ``steps`` (predecessor: ``follower_steps`` gradient steps per leader step). ``hessian``:
+    ``exact`` (explicit + Cholesky), ``cg`` (``cg_iters`` CG iterations, warm-started) or
+    ``auto`` (by size). ``lr`` (constant) defaults to 0.3 pixels (adam, images), 0.02 (sign)
+    or 1e-3 (generator). Runs until the attacker objective (clean-train CE of the retrained
+    head) improves by less than ``tol`` over ``window`` steps (``_optim.Plateau``), at most
+    ``max_steps``; after ``patience`` steps without a new best the images go back to the best
+    ones with half the step size (the generator only halves its step).
     """
-    _check_common(follower, leader_steps, follower_steps)
+    _check_common(follower, follower_steps)
+    rule = stop_rule("tgda", tol, window, max_steps, patience)
     if leader not in ("images", "generator"):
         raise ConfigError(f"tgda leader={leader!r} is unknown; use 'images' or 'generator'")
     t_all = time.perf_counter()
@@ -297,21 +340,19 @@ def tgda(
     idx, x0, y_p = init_poisons(ctx, "tgda", labels)
     head = ctx.clean_head.to(ctx.z_train.device, torch.float64)
     stats: dict[str, float] = {}
-    history: list[float] = []
+    plateau = Plateau(rule, maximize=True)
 
     def surrogate(z_p: torch.Tensor) -> torch.Tensor:
         nonlocal head
         t0 = time.perf_counter()
         head = follower_update(head, prob, z_p, y_p, follower, follower_steps)
         stats["follower_seconds"] = stats.get("follower_seconds", 0.0) + time.perf_counter() - t0
-        s = total_gradient_surrogate(head, prob, z_p, y_p, stats)
-        history.append(stats["val_loss"])
-        return s
+        return total_gradient_surrogate(head, prob, z_p, y_p, stats)
 
     opt: PixelOptimizer | None = None
     if leader == "images":
-        lr = lr if lr is not None else (0.1 if optimizer == "adam" else 0.02)
-        opt = PixelOptimizer(ctx, x0, x0, optimizer, lr, leader_steps)
+        lr = lr if lr is not None else (0.3 if optimizer == "adam" else 0.02)
+        opt = PixelOptimizer(ctx, x0, x0, optimizer, lr, None)
         x = opt.x
     else:
         lr = lr if lr is not None else 1e-3
@@ -329,38 +370,42 @@ def tgda(
 
     # every step makes a fresh x (PixelOptimizer.step, or the generator's forward pass) and
     # never writes into an old one: the best iterate is kept by reference, not by a copy
-    best_x, best_loss = x.detach(), -math.inf
+    best_x = x.detach()
     step_times: list[float] = []
-    for t in ctx.iterate(leader_steps, "tgda"):
+    for _ in ctx.iterate(rule.max_steps, "tgda"):
         t0 = time.perf_counter()
         _, gx, _ = feature_loss_and_grad(ctx, x, surrogate)  # gx = d𝓛/dx (ascent direction)
-        if history[-1] > best_loss:
-            best_loss, best_x = history[-1], x.detach()
+        if plateau.record(stats["val_loss"]):
+            best_x = x.detach()
+        step_times.append(time.perf_counter() - t0)
+        if plateau.done():
+            break
         if opt is not None:
+            if plateau.restart_due():  # overshooting: back to the best images, half the step
+                opt.restart(best_x)
+                x = opt.x
+                continue
             x = opt.step(gx.neg_())  # descent on -d𝓛/dx; gx is not used again
         else:  # chain the total gradient through the generator: dL/dφ = (dx/dφ)ᵀ dL/dx
+            if plateau.restart_due():
+                lr *= 0.5
             for group in gopt.param_groups:
-                group["lr"] = cosine_lr(lr, t, leader_steps)
+                group["lr"] = lr
             gopt.zero_grad(set_to_none=True)
             ctx.threat.project(net(x0, y_p), x0).backward(-gx)
             gopt.step()
             with torch.no_grad():
                 x = ctx.threat.project(net(x0, y_p), x0)
         del gx  # before the next leader step allocates its gradient
-        step_times.append(time.perf_counter() - t0)
-    with torch.no_grad():  # score the last leader step too
-        z_last = ctx.encode(x)
-        head = follower_update(head, prob, z_last, y_p, follower, follower_steps)
-        last_loss, _ = val_loss_and_grad(head, prob.z_val, prob.y_val, prob.leader_loss)
-    if last_loss > best_loss:
-        best_loss, best_x = last_loss, x.detach()
     total = time.perf_counter() - t_all
     loop = sum(step_times)
     info = {
-        "val_loss": best_loss,
-        "val_loss_init": history[0],
+        **plateau.summary(),
+        "val_loss": plateau.best,
+        "val_loss_init": plateau.trace[0],
         "follower": follower,
         "hessian_used": "exact" if stats.get("exact_hessian") else "cg",
+        "solve_residual": stats.get("solve_residual", math.nan),
         "leader": leader,
         "n_val": int(val_idx.numel()),
     }
@@ -389,11 +434,18 @@ def feature_bounds(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return z.min(dim=0).values, z.max(dim=0).values
 
 
-@register_attack("tgda-feature", regimes=("feature",))
+def _validate_feature(p: dict) -> None:
+    check_defense_kind(p["defense"], p["defense_fraction"], "tgda-feature")
+
+
+@register_attack("tgda-feature", regimes=("feature",), validate=_validate_feature)
 def tgda_feature(
     ctx: AttackContext,
-    leader_steps: int = 20,
-    lr: float = 0.05,
+    max_steps: int = 300,
+    tol: float = 5e-3,
+    window: int = 20,
+    patience: int = 3,
+    lr: float = 0.2,
     follower: str = "exact",
     follower_steps: int = 20,
     follower_tol: float = 1e-5,
@@ -405,18 +457,30 @@ def tgda_feature(
     leader_loss: str = "ce",
     invert: str = "none",
     match_steps: int = 30,
+    defense_aware: bool = False,
+    defense: str = "sphere+slab",
+    defense_fraction: float | None = None,
 ) -> PoisonSet:
     """TGDA with the poisoned *features* as leader, clipped to the clean per-coordinate range.
 
-    Cheap (no network in the loop): the feature-space upper bound of TGDA. ``lr`` is relative
-    to each coordinate's clean range (Adam, cosine decay). ``invert="feature-match"`` turns the
-    features into images with ``attacks/inversion.py`` when that module is available.
+    Cheap (no network in the loop): the feature-space upper bound of TGDA. The leader takes
+    Adam ascent steps of ``lr`` relative to each coordinate's clean range, against the exactly
+    re-solved (warm-started) follower, until the attacker objective (clean-train CE of the
+    retrained head) plateaus (``tol`` over ``window`` steps, ``_optim.Plateau``); after
+    ``patience`` steps without a new best it goes back to the best poisons at half the step.
+    ``defense_aware``: project every step onto what the ``defense`` (sphere / slab /
+    sphere+slab, at ``defense_fraction``, default eps) would keep on the clean data.
+    ``invert="feature-match"`` turns the features into images (``attacks/inversion.py``).
     """
-    _check_common(follower, leader_steps, follower_steps)
+    _check_common(follower, follower_steps)
+    rule = stop_rule("tgda-feature", tol, window, max_steps, patience)
     if invert not in ("none", "feature-match"):
         raise ConfigError(
             f"tgda-feature invert={invert!r} is unknown; use 'none' or 'feature-match'"
         )
+    if not lr > 0:
+        raise ConfigError(f"tgda-feature lr={lr} must be > 0")
+    check_defense_kind(defense, defense_fraction, "tgda-feature")
     t_all = time.perf_counter()
     prob, val_idx = follower_problem(
         ctx,
@@ -429,39 +493,54 @@ def tgda_feature(
         "tgda-feature",
     )
     idx, _, y_p = init_poisons(ctx, "tgda-feature", labels)
+    keep = (
+        defense_feasible_set(ctx, defense, defense_fraction, y_p, "tgda-feature")
+        if defense_aware
+        else None
+    )
     lo, hi = feature_bounds(ctx.z_train)
     scale = (hi - lo).clamp_min(1e-12)
-    zp = ctx.z_train[idx.to(ctx.z_train.device)].clone()
+
+    def project(z: torch.Tensor) -> torch.Tensor:
+        z = torch.max(torch.min(z, hi), lo)
+        return z if keep is None else keep.project(z, y_p)
+
+    zp = project(ctx.z_train[idx.to(ctx.z_train.device)].clone())
     head = ctx.clean_head.to(ctx.z_train.device, torch.float64)
     stats: dict[str, float] = {}
-    m, v2 = torch.zeros_like(zp), torch.zeros_like(zp)
-    best_z, best_loss, first = zp.clone(), -math.inf, None
+    plateau = Plateau(rule, maximize=True)
+    adam = _AscentAdam(zp)
+    step = lr
+    best_z, best_head = zp.clone(), head
     step_times: list[float] = []
-    for t in ctx.iterate(leader_steps, "tgda-feature"):
+    for _ in ctx.iterate(rule.max_steps, "tgda-feature"):
         t0 = time.perf_counter()
         head = follower_update(head, prob, zp, y_p, follower, follower_steps)
         stats["follower_seconds"] = stats.get("follower_seconds", 0.0) + time.perf_counter() - t0
         zz = zp.detach().requires_grad_(True)
         s = total_gradient_surrogate(head, prob, zz, y_p, stats)
         (g,) = torch.autograd.grad(s, zz)
-        first = stats["val_loss"] if first is None else first
-        if stats["val_loss"] > best_loss:
-            best_loss, best_z = stats["val_loss"], zp.clone()
-        m = 0.9 * m + 0.1 * g  # Adam ascent, step relative to each coordinate's range
-        v2 = 0.999 * v2 + 0.001 * g * g
-        upd = (m / (1 - 0.9 ** (t + 1))) / ((v2 / (1 - 0.999 ** (t + 1))).sqrt() + 1e-20)
-        zp = torch.max(torch.min(zp + cosine_lr(lr, t, leader_steps) * scale * upd, hi), lo)
+        if plateau.record(stats["val_loss"]):
+            best_z, best_head = zp, head
         step_times.append(time.perf_counter() - t0)
-    head = follower_update(head, prob, zp, y_p, follower, follower_steps)
-    last_loss, _ = val_loss_and_grad(head, prob.z_val, prob.y_val, prob.leader_loss)
-    if last_loss > best_loss:
-        best_loss, best_z = last_loss, zp.clone()
+        if plateau.done():
+            break
+        if plateau.restart_due():  # overshooting: back to the best poisons, half the step
+            zp, head, step = best_z, best_head, step * 0.5
+            adam.reset()
+            continue
+        zp = project(zp + step * scale * adam.direction(g))
     info = {
-        "val_loss": best_loss,
-        "val_loss_init": first,
+        **plateau.summary(),
+        "val_loss": plateau.best,
+        "val_loss_init": plateau.trace[0],
         "follower": follower,
         "hessian_used": "exact" if stats.get("exact_hessian") else "cg",
+        "solve_residual": stats.get("solve_residual", math.nan),
+        "solve_residual_last": stats.get("solve_residual_last", math.nan),
+        "final_lr": step,
         "n_val": int(val_idx.numel()),
+        "defense_aware": defense if defense_aware else "none",
     }
     loop = sum(step_times)
     seconds = {
@@ -485,6 +564,26 @@ def tgda_feature(
         info=info,
         stage_seconds=seconds,
     )
+
+
+class _AscentAdam:
+    """Adam's direction (default betas) for a leader that restarts: ``reset`` zeroes the
+    moments and the bias-correction count, so the first step after a restart is a sign step."""
+
+    def __init__(self, like: torch.Tensor) -> None:
+        self.m, self.v, self.t = torch.zeros_like(like), torch.zeros_like(like), 0
+
+    def reset(self) -> None:
+        self.m.zero_()
+        self.v.zero_()
+        self.t = 0
+
+    def direction(self, g: torch.Tensor) -> torch.Tensor:
+        self.t += 1
+        self.m.mul_(0.9).add_(g, alpha=0.1)
+        self.v.mul_(0.999).addcmul_(g, g, value=0.001)
+        mhat = self.m / (1 - 0.9**self.t)
+        return mhat / ((self.v / (1 - 0.999**self.t)).sqrt() + 1e-20)
 
 
 def _invert(

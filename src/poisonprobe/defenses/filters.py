@@ -112,6 +112,34 @@ def slab_scores(inp: DefenseInput, direction: str = "rest", centroid: str = "mea
     return score
 
 
+DEFENSE_SET_KINDS = ("sphere", "slab", "sphere+slab")
+"""The filters whose kept set a defence-aware attack can project onto (``attacks/_feasible``)."""
+
+
+def class_geometry(
+    z: torch.Tensor, y: torch.Tensor, n_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per class: mean centre, unit ``rest`` slab direction; per point: sphere and slab scores.
+
+    The same definitions as ``sphere_scores`` / ``slab_scores`` (mean centroids, ``rest``),
+    as tensors an attack can project onto: (centres (k, d), directions (k, d), sphere (n,),
+    slab (n,)). A class without points gets centre 0 and direction 0.
+    """
+    z = z.double()
+    k, d = n_classes, z.shape[1]
+    center = torch.zeros(k, d, dtype=torch.float64, device=z.device)
+    direction = torch.zeros(k, d, dtype=torch.float64, device=z.device)
+    for c, mu in _centroids(z, y, n_classes, "mean").items():
+        center[c] = mu
+        rest = y != c
+        if bool(rest.any()):
+            line = mu - _centroid(z[rest], "mean")
+            if float(line.norm()) > 0:
+                direction[c] = line / line.norm()
+    diff = z - center[y.long()]
+    return center, direction, diff.norm(dim=1), (diff * direction[y.long()]).sum(1).abs()
+
+
 def _slab_check(params: dict[str, Any]) -> None:
     _choice("slab", "direction", ("rest", "nearest"))(params)
     _choice("slab", "centroid", ("mean", "median"))(params)

@@ -65,6 +65,9 @@ COLUMNS = [
     "clean_acc_hi",
     "poisoned_acc_lo",
     "poisoned_acc_hi",
+    "attack_objective",
+    "attack_steps",
+    "converged",
     "info",
 ]
 

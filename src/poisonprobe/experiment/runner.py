@@ -415,10 +415,12 @@ def check_no_conflicts(store: ResultsStore, planned: list[dict[str, Any]], add: 
 def finish_report(out_dir: Path) -> Path:
     """Plots from results.csv, then report.md linking every figure in the folder."""
     from ..report.markdown import write_report
-    from ..report.plots import plot_accuracy_vs_eps
+    from ..report.plots import plot_accuracy_vs_eps, plot_objective_traces
     from .results import read_results
 
-    plot_accuracy_vs_eps(read_results(out_dir / "results.csv"), out_dir)
+    df = read_results(out_dir / "results.csv")
+    plot_accuracy_vs_eps(df, out_dir)
+    plot_objective_traces(df, out_dir)
     return write_report(out_dir)
 
 
@@ -584,6 +586,9 @@ def _run_seed(
                         target_acc=poison.info.get("target_acc"),
                         gc_objective=poison.info.get("gc_objective"),
                         eps_needed=poison.info.get("eps_needed"),
+                        attack_objective=poison.info.get("attack_objective"),
+                        attack_steps=poison.info.get("attack_steps"),
+                        converged=poison.info.get("converged"),
                         stages=json.dumps(
                             {k: round(v, 4) for k, v in poison.stage_seconds.items()}
                         ),
@@ -638,6 +643,8 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
             v = v.item()
         if isinstance(v, (int, float, str, bool)) or v is None:
             out[k] = v
+        elif isinstance(v, list) and all(isinstance(e, (int, float)) for e in v):
+            out[k] = v  # e.g. the objective trace the report plots
     return out
 
 

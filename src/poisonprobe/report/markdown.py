@@ -120,6 +120,43 @@ def summary_text(df: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def convergence_section(df: pd.DataFrame) -> list[str]:
+    """Steps each attack ran and whether it stopped on its plateau (not on the step cap).
+
+    Also says what ``eps_needed`` means, wherever the report could show it.
+    """
+    if "attack_steps" not in df or df["attack_steps"].isna().all():
+        return []
+    g = df[df["attack_steps"].notna() & (df["defense"] == "none")].copy()
+    if g.empty:
+        return []
+    g["converged"] = g["converged"].astype(str).str.lower().isin(("true", "1", "1.0"))
+    table = (
+        g.groupby(["setting", "attack", "regime", "eps"], sort=False)
+        .agg(
+            attack_steps=("attack_steps", "max"),
+            converged=("converged", "all"),
+            attack_objective=("attack_objective", "mean"),
+        )
+        .reset_index()
+    )
+    table["attack_objective"] = table["attack_objective"].map(lambda v: f"{v:.4g}")
+    lines = [
+        "## Convergence (attack objective, steps, stopped on a plateau)",
+        "",
+        "Every iterative attack stops when its own objective improves by less than `tol` "
+        "(relative) over `window` steps; `converged = False` means the `max_steps` cap "
+        "stopped it and the drop may understate the attack. The objective-vs-step figures "
+        "below show the traces. `eps_needed` (FT rows) is a *necessary* condition for a "
+        "GradPC-style target to be reachable, not a bound on the damage poisons can do: "
+        "bilevel attacks exceed what every reachable GradPC target predicts.",
+        "",
+        markdown_table(table),
+        "",
+    ]
+    return lines
+
+
 def write_report(out_dir: str | Path) -> Path:
     """Write ``out_dir/report.md`` from ``out_dir/results.csv``; returns its path."""
     out_dir = Path(out_dir)
@@ -162,6 +199,7 @@ def write_report(out_dir: str | Path) -> Path:
             ),
             "",
         ]
+    lines += convergence_section(df)
     extras = out_dir.glob("*.png")
     images = sorted(p.name for p in extras)
     if images:

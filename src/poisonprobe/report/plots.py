@@ -80,6 +80,55 @@ def plot_accuracy_vs_eps(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
+def plot_objective_traces(df: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """One figure per setting: each attack's own objective vs step (first seed, no defence,
+    largest eps), normalised to its first value, so a reader sees whether it converged.
+
+    Reads ``objective_trace`` / ``objective_trace_stride`` from the ``info`` column
+    (``attacks/_optim.Plateau.summary``); rows without a trace are skipped.
+    """
+    import json
+    import math
+
+    paths = []
+    if "info" not in df or df.empty:
+        return paths
+    rows = df[(df["attack"] != "none") & (df["defense"] == "none")]
+    rows = rows[rows["seed"] == rows["seed"].min()] if len(rows) else rows
+    for setting, g in rows.groupby("setting", sort=False):
+        g = g[g["eps"] == g["eps"].max()]
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        drawn = 0
+        for _, r in g.iterrows():
+            try:
+                info = json.loads(r["info"]) if isinstance(r["info"], str) else {}
+            except ValueError:
+                continue
+            trace = info.get("objective_trace")
+            if not trace or len(trace) < 2:
+                continue
+            stride = int(info.get("objective_trace_stride", 1))
+            first = trace[0] if trace[0] and math.isfinite(trace[0]) else 1.0
+            steps = [i * stride for i in range(len(trace))]
+            mark = "" if info.get("converged", True) else " (cap)"
+            ax.plot(steps, [v / first for v in trace], label=f"{r['attack']} [{r['regime']}]{mark}")
+            drawn += 1
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.set_xlabel("step")
+        ax.set_ylabel("attack objective / its start value")
+        ax.set_yscale("log")
+        ax.set_title(f"{setting}: attack objectives at eps={g['eps'].max()} (convergence)")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = out_dir / _safe(f"objective_vs_step_{setting}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def _to_image(x: torch.Tensor):
     x = x.detach().cpu().float().clamp(0, 1)
     return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()

@@ -1,0 +1,236 @@
+"""The plateau rule (``attacks/_optim.py``) and the attacks built on it: convergence on a
+known optimum, ``converged=False`` when the cap bites, defence-aware poisons (kkt and
+tgda-feature) that the sphere / slab filters keep, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from poisonprobe.attacks import AttackContext, ThreatModel, get_attack
+from poisonprobe.attacks._feasible import defense_feasible_set
+from poisonprobe.attacks._optim import Plateau, StopRule, stop_rule
+from poisonprobe.data import load_dataset
+from poisonprobe.defenses import DefenseInput, apply_defense, parse_defense
+from poisonprobe.errors import ConfigError
+from poisonprobe.experiment.config import parse_config
+from poisonprobe.victim import VictimConfig, train_head
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# ------------------------------------------------------------------------------ the rule
+
+
+def _ascend(rule: StopRule, lr: float, optimum: float = 3.0) -> tuple[Plateau, float]:
+    """Gradient ascent on f(x) = −(x − optimum)² with the plateau rule and restarts."""
+    plateau = Plateau(rule, maximize=True)
+    x, best_x = 0.0, 0.0
+    for _ in range(rule.max_steps):
+        value = -((x - optimum) ** 2) - 1.0  # max −1 at the optimum (a nonzero scale)
+        if plateau.record(value):
+            best_x = x
+        if plateau.done():
+            break
+        if plateau.restart_due():
+            x, lr = best_x, lr * 0.5
+            continue
+        x += lr * (-2.0 * (x - optimum))
+    return plateau, best_x
+
+
+def test_plateau_stops_at_the_known_optimum_before_the_cap():
+    plateau, x = _ascend(StopRule(tol=1e-6, window=5, max_steps=1000, patience=2), lr=0.1)
+    assert plateau.converged and plateau.reason == "plateau"
+    assert plateau.steps < 1000
+    assert x == pytest.approx(3.0, abs=1e-2)
+    assert plateau.best == pytest.approx(-1.0, abs=1e-4)
+
+
+def test_plateau_restarts_rescue_an_overshooting_step():
+    """lr = 1.5 makes every step overshoot (|1 − 2·lr| = 2): only restarts converge."""
+    plateau, x = _ascend(StopRule(tol=1e-6, window=8, max_steps=2000, patience=2), lr=1.5)
+    assert plateau.restarts >= 1 and plateau.converged
+    assert x == pytest.approx(3.0, abs=1e-2)
+    stuck, _ = _ascend(StopRule(tol=1e-6, window=8, max_steps=2000, patience=0), lr=1.5)
+    assert stuck.restarts == 0 and stuck.best < plateau.best  # never improved on the start
+
+
+def test_converged_is_false_when_the_cap_bites():
+    plateau, _ = _ascend(StopRule(tol=1e-6, window=5, max_steps=4, patience=2), lr=0.01)
+    assert not plateau.converged and plateau.reason == "max_steps" and plateau.steps == 4
+    summary = plateau.summary()
+    assert summary["converged"] is False and summary["attack_steps"] == 4
+    assert len(summary["objective_trace"]) == 4
+
+
+def test_minimising_and_reach():
+    plateau = Plateau(StopRule(tol=0.1, window=2, max_steps=100), maximize=False)
+    for v in (8.0, 4.0, 2.0):
+        plateau.record(v)
+        assert not plateau.done()
+    plateau.record(1.95)
+    plateau.record(1.94)  # (2.0 − 1.94)/2.0 = 3% over 2 steps < 10%
+    assert plateau.done() and plateau.converged and plateau.best == 1.94
+    goal = Plateau(StopRule(), maximize=False)
+    goal.record(1e-9)
+    goal.reach("goal")
+    assert goal.done() and goal.converged and goal.reason == "goal"
+
+
+def test_relative_to_start_stops_a_geometric_decay():
+    """f_t = 0.9^t never slows down relative to itself (10 % a step), but its gains relative
+    to the start fall below tol after a while: stop there, not at the cap."""
+    own = Plateau(StopRule(tol=1e-3, window=10, max_steps=200), maximize=False)
+    start = Plateau(
+        StopRule(tol=1e-3, window=10, max_steps=200), maximize=False, relative_to_start=True
+    )
+    for t in range(200):
+        for p in (own, start):
+            if not p.converged and p.reason == "":
+                p.record(0.9**t)
+                p.done()
+    assert own.reason == "max_steps" and not own.converged
+    assert start.converged and 40 < start.steps < 100
+    assert start.best < 1e-3 * 10  # within tol·(1/(1 − 0.9)) of the optimum 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        (dict(tol=0.0), "tol=0.0"),
+        (dict(tol=math.nan), "tol=nan"),
+        (dict(window=0), "window=0"),
+        (dict(max_steps=0), "max_steps=0"),
+        (dict(max_steps=2.5), "max_steps=2.5"),
+        (dict(patience=-1), "patience=-1"),
+    ],
+)
+def test_bad_stop_rule_is_one_line(kwargs, needle):
+    args = dict(tol=1e-3, window=10, max_steps=100, patience=0) | kwargs
+    with pytest.raises(ConfigError) as info:
+        stop_rule("tgda", **args)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "entry,needle",
+    [
+        ({"name": "tgda", "tol": -1.0}, "tol=-1.0"),
+        ({"name": "tgda-feature", "max_steps": 0}, "max_steps=0"),
+        ({"name": "gc-input", "window": 0}, "window=0"),
+        ({"name": "tgda-feature", "defense": "knn"}, "defense='knn'"),
+        ({"name": "ft-match", "source": "tgda"}, "source='tgda'"),
+        ({"name": "kkt", "target": "gradpc"}, "target='gradpc'"),
+    ],
+)
+def test_bad_values_are_refused_when_the_config_is_parsed(entry, needle):
+    """Before any work: at parse time, not when the attack runs after pre-training."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"attacks": [entry]})
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------ attacks
+
+
+class TinyNet(nn.Module):
+    """Conv → ReLU → avg-pool: non-negative features like the real extractors, but fast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.feature_dim = 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv((x - 0.3) / 0.4)).mean(dim=(2, 3))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    splits = load_dataset("digits")
+    train = splits.train.subset(torch.arange(300), name="digits-tiny")
+    ext = TinyNet().eval()
+    for p in ext.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        z = ext(train.x)
+    victim = VictimConfig()
+    head = train_head(z, train.y, train.n_classes, victim)
+    return train, ext, z, head, victim
+
+
+def _ctx(tiny, eps: float = 0.05, regime: str = "feature") -> AttackContext:
+    train, ext, z, head, victim = tiny
+    return AttackContext(
+        extractor=ext,
+        train=train,
+        z_train=z,
+        clean_head=head,
+        victim=victim,
+        threat=ThreatModel(eps=eps, domain=train.domain, regime=regime),
+        seed=0,
+    )
+
+
+def _kept_share(ctx: AttackContext, ps, spec: str) -> float:
+    """Share of the poisons the defence keeps when it sees clean ∪ poisons (unflagged)."""
+    z = torch.cat([ctx.z_train, ps.z.to(ctx.z_train)]).double()
+    y = torch.cat([ctx.train.y, ps.y]).long()
+    inp = DefenseInput(z, y, torch.ones(len(y), dtype=torch.bool), ctx.n_classes, ctx.victim, 0)
+    keep = apply_defense(parse_defense(spec), inp, default_fraction=ctx.threat.eps)
+    return float(keep[ctx.n_clean :].double().mean())
+
+
+@pytest.mark.parametrize("spec", ["sphere", "slab"])
+def test_kkt_poisons_pass_the_defence_they_were_built_for(tiny, spec):
+    ctx = _ctx(tiny)
+    ps = get_attack("kkt").fn(ctx, defense=spec, max_steps=60, target="tgda-feature")
+    assert ps.z is not None and len(ps) == ctx.n_poison
+    assert ps.info["n_distinct"] < len(ps)  # a few repeated points
+    assert ps.info["in_feasible_set"] == 1.0
+    assert _kept_share(ctx, ps, spec) == 1.0
+    assert ps.info["attack_objective"] < 1.0  # some of the clean gradient is cancelled
+
+
+def test_tgda_feature_defense_aware_poisons_are_kept(tiny):
+    ctx = _ctx(tiny)
+    naive = get_attack("tgda-feature").fn(ctx, max_steps=30)
+    aware = get_attack("tgda-feature").fn(ctx, max_steps=30, defense_aware=True)
+    feasible = defense_feasible_set(ctx, "sphere+slab", None, aware.y)
+    assert bool(feasible.contains(aware.z.double(), aware.y).all())
+    for spec in ("sphere", "slab"):
+        assert _kept_share(ctx, aware, spec) == 1.0
+    assert _kept_share(ctx, naive, "sphere") < 1.0  # the naive poisons are outliers
+    assert aware.info["attack_objective"] > aware.info["val_loss_init"]
+
+
+def test_tgda_feature_reports_convergence_and_is_deterministic(tiny):
+    ctx = _ctx(tiny)
+    capped = get_attack("tgda-feature").fn(ctx, max_steps=3)
+    assert capped.info["converged"] is False and capped.info["attack_steps"] == 3
+    a = get_attack("tgda-feature").fn(ctx, max_steps=400, window=10)
+    assert a.info["converged"] is True and a.info["attack_steps"] < 400
+    assert a.info["attack_objective"] >= capped.info["attack_objective"]
+    assert a.info["solve_residual"] < 1e-2  # the follower system is solved accurately
+    b = get_attack("tgda-feature").fn(ctx, max_steps=400, window=10)
+    assert torch.equal(a.z, b.z) and a.info["objective_trace"] == b.info["objective_trace"]
+
+
+def test_ft_inverts_the_source_it_is_given(tiny):
+    ctx = _ctx(tiny, regime="box")
+    fast = dict(max_tries=1, decoder_steps=20, match_steps=3, gradpc_steps=10, max_steps=60)
+    ps = get_attack("ft-match").fn(ctx, source="kkt", **fast)
+    assert ps.info["source"] == "kkt" and ps.x is not None and len(ps) == ctx.n_poison
+    auto = get_attack("ft-match").fn(ctx, **fast)
+    assert auto.info["source"] in ("gc", "tgda-feature")
