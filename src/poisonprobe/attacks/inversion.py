@@ -261,7 +261,8 @@ def feature_match(
     param = x.requires_grad_(True)  # x is this function's own copy: no second one
     del x
     opt = torch.optim.Adam([param], lr=step) if method == "adam" else None
-    plateau = Plateau(StopRule(tol, window, steps + 1, patience), maximize=False)
+    # the loop's range is the cap (steps + 1 records with the start): the rule only plateaus
+    plateau = Plateau(StopRule(tol, window, steps + 2, patience), maximize=False)
     plateau.record(float(best_err.sum()))
     stopped = False  # True when the loop ended on a scored iterate
     for _ in range(steps):
@@ -287,7 +288,9 @@ def feature_match(
                 param -= step * grad.sign_()
             del grad
             _project_(param, center, domain, linf)
-    if steps > 0 and not stopped:
+    if steps > 0 and not stopped:  # the cap stopped it: score the last step too
         err = errors_and_grad(param.detach(), False)[0]
         best_err = keep_better(err, best_err)
+        plateau.record(float(err.sum()))
+        plateau.reason = "max_steps"
     return MatchResult(best_x, float((best_err / norm2).mean()), init_err, plateau.summary())
