@@ -172,6 +172,7 @@ class AttackInfo:
     fn: AttackFn
     regimes: tuple[str, ...]  # regimes it runs in; ("feature",) for feature-injection attacks
     description: str
+    on_embeddings: bool = False  # runs on precomputed embeddings (no pixels, no network)
 
     def params(self) -> dict[str, inspect.Parameter]:
         sig = inspect.signature(self.fn)
@@ -230,21 +231,38 @@ _ATTACKS: dict[str, AttackInfo] = {}
 
 
 def register_attack(
-    name: str, regimes: tuple[str, ...] = ("box",), description: str = ""
+    name: str,
+    regimes: tuple[str, ...] = ("box",),
+    description: str = "",
+    on_embeddings: bool | None = None,
 ) -> Callable[[AttackFn], AttackFn]:
     """Register ``fn(ctx, **params) -> PoisonSet`` under ``name``.
 
     ``regimes``: ``("unconstrained", "box")`` for input-space attacks that can run
     with or without the pixel-box countermeasure; ``("box",)`` for attacks whose
     poisons are always valid images; ``("feature",)`` for feature injection.
+    ``on_embeddings``: whether it runs on precomputed embeddings (``features:PATH``, no
+    images and no network); default: feature-injection attacks only.
     """
 
     def deco(fn: AttackFn) -> AttackFn:
         doc = description or (inspect.getdoc(fn) or "").split("\n")[0]
-        _ATTACKS[name] = AttackInfo(name, fn, tuple(regimes), doc)
+        embeds = tuple(regimes) == ("feature",) if on_embeddings is None else on_embeddings
+        _ATTACKS[name] = AttackInfo(name, fn, tuple(regimes), doc, embeds)
         return fn
 
     return deco
+
+
+def check_embedding_attack(name: str, where: str) -> None:
+    """Refuse an attack that needs images or the network on precomputed embeddings."""
+    info = get_attack(name)
+    if not info.on_embeddings:
+        usable = ", ".join(n for n in attack_names() if get_attack(n).on_embeddings)
+        raise ConfigError(
+            f"{where}: attack {name!r} perturbs images through the extractor, but embeddings "
+            f"have neither; use a feature-space attack ({usable})"
+        )
 
 
 def get_attack(name: str) -> AttackInfo:

@@ -34,11 +34,37 @@ class Strict(BaseModel):
 
 
 class SettingConfig(Strict):
-    """A downstream setting: pre-train the extractor on ``source``, probe on ``target``."""
+    """A downstream setting: pre-train the extractor on ``source``, probe on ``target``.
+
+    A ``features:PATH`` target (precomputed embeddings) needs no source: it is its own.
+    """
 
     name: str
-    source: str
+    source: str | None = None
     target: str
+
+    @model_validator(mode="after")
+    def _source(self) -> SettingConfig:
+        from ..data.loaders.features import is_features_spec
+
+        if is_features_spec(self.target):
+            if self.source not in (None, self.target):
+                raise ValueError(
+                    f"setting {self.name!r}: target {self.target} holds embeddings, so there is "
+                    "no extractor to pre-train on a source; drop 'source'"
+                )
+            object.__setattr__(self, "source", self.target)
+        elif self.source is None:
+            raise ValueError(
+                f"setting {self.name!r} needs a source (the extractor's pre-training data); "
+                "only a features:PATH target may omit it"
+            )
+        elif is_features_spec(self.source):
+            raise ValueError(
+                f"setting {self.name!r}: source {self.source} holds embeddings, which cannot "
+                "pre-train an extractor; use it as the target"
+            )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -201,7 +227,7 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _check_names(self) -> Config:
-        from ..attacks import get_attack
+        from ..attacks import check_embedding_attack, get_attack
         from ..defenses import parse_defense
 
         labels = [a.column for a in self.attacks]
@@ -212,10 +238,14 @@ class Config(Strict):
         for spec in self.defenses:
             parse_defense(spec)
         from ..data import dataset_names
+        from ..data.loaders.features import is_features_spec
         from ..data.reshape import split_shape_suffix
 
         known = dataset_names()
         for setting in self.settings:
+            if is_features_spec(setting.target):
+                for spec in self.attacks:
+                    check_embedding_attack(spec.name, f"setting {setting.name!r}")
             for spec in (setting.source, setting.target):
                 if split_shape_suffix(spec)[0].partition(":")[0] not in known:
                     raise ValueError(

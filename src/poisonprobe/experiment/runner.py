@@ -22,9 +22,11 @@ import torch
 from ..attacks import AttackContext, PoisonSet, ThreatModel, get_attack
 from ..data import DatasetSplits, load_dataset
 from ..data.base import check_images, images_in_box
+from ..data.loaders.features import is_embedding_domain, is_features_spec
 from ..defenses import DefenseInput, DefenseSpec, apply_defense, parse_defense
 from ..errors import ConfigError, DataError, PoisonProbeError, check_device
 from ..extractors import Extractor
+from ..extractors.zoo import passthrough_extractor
 from ..progress import Reporter
 from ..threads import single_thread_if_small
 from ..victim import LinearHead, VictimConfig, train_head
@@ -121,18 +123,22 @@ def prepare(
     reporter: Reporter,
     feature_cache,
 ) -> Prepared:
-    source = load_dataset(setting.source, cfg.data_root, download=cfg.download)
-    target = load_dataset(setting.target, cfg.data_root, download=cfg.download)
-    if source.domain.shape != target.domain.shape:
-        raise DataError(
-            f"setting {setting.name!r}: source {setting.source} has input shape "
-            f"{source.domain.shape} but target {setting.target} has {target.domain.shape}; "
-            "choose datasets of one shape (or resize one of them)"
-        )
-    ext, path, sha, seconds = obtain_extractor(ext_cfg, source, device, reporter)
-    if ext.domain != target.domain:
-        # the extractor normalises with the source statistics: that is what a transfer user gets
-        log.info("transfer: extractor normalises with %s statistics", setting.source)
+    if is_features_spec(setting.target):
+        target, ext, path, sha, seconds = load_embeddings(setting, cfg, reporter)
+        feature_cache = EmbeddingCache()
+    else:
+        source = load_dataset(setting.source, cfg.data_root, download=cfg.download)
+        target = load_dataset(setting.target, cfg.data_root, download=cfg.download)
+        if source.domain.shape != target.domain.shape:
+            raise DataError(
+                f"setting {setting.name!r}: source {setting.source} has input shape "
+                f"{source.domain.shape} but target {setting.target} has {target.domain.shape}; "
+                "choose datasets of one shape (or resize one of them)"
+            )
+        ext, path, sha, seconds = obtain_extractor(ext_cfg, source, device, reporter)
+        if ext.domain != target.domain:
+            # the extractor normalises with the source statistics: what a transfer user gets
+            log.info("transfer: extractor normalises with %s statistics", setting.source)
     from .resources import check_memory
 
     check_memory(
@@ -155,6 +161,32 @@ def prepare(
     return Prepared(
         setting, ext_cfg, ext, target, z_train, z_test, head, clean_acc, path, sha, seconds
     )
+
+
+def load_embeddings(
+    setting: SettingConfig, cfg: Config, reporter: Reporter
+) -> tuple[DatasetSplits, Extractor, None, None, dict[str, float]]:
+    """A ``features:PATH`` target and its pass-through extractor (nothing to pre-train)."""
+    t0 = time.perf_counter()
+    target = load_dataset(setting.target, cfg.data_root, download=cfg.download)
+    reporter.log(
+        f"{setting.name}: {len(target.train)}+{len(target.test)} precomputed embeddings of "
+        f"dimension {target.domain.channels} from {setting.target}"
+    )
+    return (
+        target,
+        passthrough_extractor(target.domain),
+        None,
+        None,
+        {"load": time.perf_counter() - t0},
+    )
+
+
+class EmbeddingCache:
+    """``FeatureCache.encode`` for precomputed embeddings: they are the features (a view)."""
+
+    def encode(self, extractor: Extractor, data, progress=None) -> torch.Tensor:
+        return data.x.reshape(len(data), -1)
 
 
 @dataclass
@@ -485,7 +517,8 @@ def _record_figures(prep, attack, regime, eps, poison, ts, out_dir, projected) -
     from ..report.plots import save_poison_grid
 
     projected[f"{attack} [{regime}]"] = ts.z[ts.is_poison]
-    if poison.x is not None and poison.base_idx is not None:
+    images = not is_embedding_domain(prep.target.domain)
+    if images and poison.x is not None and poison.base_idx is not None:
         name = _figure_name("grid", prep.setting.name, prep.ext_cfg.label, attack, regime)
         shown = poison.base_idx[:GRID_COLUMNS].cpu()  # not a copy of every start image
         save_poison_grid(
