@@ -17,7 +17,7 @@ from torch import nn
 from ..data.base import ImageDataset
 from ..domain import InputDomain
 from ..errors import ConfigError, check_eps
-from ..victim import LinearHead, VictimConfig
+from ..victim import LinearHead, VictimConfig, resolve_victim, train_head
 
 T = TypeVar("T")
 
@@ -126,6 +126,55 @@ class AttackContext:
     def iterate(self, n: int, description: str) -> Iterator[int]:
         """``range(n)`` with a progress bar (quiet runs get none)."""
         return iter(self.progress(range(n), description=description, total=n))
+
+    @classmethod
+    def build(
+        cls,
+        extractor: nn.Module,
+        train: ImageDataset,
+        eps: float,
+        regime: str = "box",
+        linf: float | None = None,
+        victim: VictimConfig | None = None,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        z_train: torch.Tensor | None = None,
+        clean_head: LinearHead | None = None,
+        memo: dict[str, Any] | None = None,
+        progress: Callable[..., Iterable] = identity_progress,
+        batch_size: int = 512,
+    ) -> AttackContext:
+        """A context from an extractor, the clean training set and a budget.
+
+        Encodes ``train`` and fits the clean head unless given (``z_train``, ``clean_head``).
+        ``victim`` is the recipe the victim fits with; attacks plan against it on the
+        poisoned set's size, with the ``C`` that ``lbfgs-cv`` picks on the clean data.
+        """
+        from ..extractors.cache import encode_batched
+
+        device = torch.device(device)
+        victim = victim or VictimConfig()
+        if z_train is None:
+            z_train = encode_batched(extractor, train.x, batch_size, progress)
+        z_train = z_train.to(device)
+        y = train.y.to(device)
+        clean = resolve_victim(z_train, y, train.n_classes, victim, seed)
+        if clean_head is None:
+            clean_head = train_head(z_train, y, train.n_classes, clean, seed=seed)
+        threat = ThreatModel(eps=eps, domain=train.domain, regime=regime, linf=linf)
+        return cls(
+            extractor=extractor,
+            train=train,
+            z_train=z_train,
+            clean_head=clean_head,
+            victim=clean.for_n(len(train) + threat.n_poison(len(train))),
+            threat=threat,
+            seed=seed,
+            device=device,
+            memo={} if memo is None else memo,
+            progress=progress,
+            batch_size=batch_size,
+        )
 
 
 @dataclass
@@ -283,3 +332,67 @@ def _stable_hash(text: str) -> int:
     import hashlib
 
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "little")
+
+
+def default_regime(info: AttackInfo) -> str:
+    """``feature`` for feature injection, else ``box`` (valid images) where supported."""
+    return "box" if "box" in info.regimes else info.regimes[0]
+
+
+def attack(
+    name: str,
+    extractor: nn.Module | None = None,
+    train: ImageDataset | tuple[torch.Tensor, torch.Tensor] | None = None,
+    eps: float = 0.1,
+    regime: str | None = None,
+    victim: VictimConfig | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    **params: Any,
+) -> PoisonSet:
+    """Run one attack: ``attack("ft-ideal", extractor=ext, train=(x, y), eps=0.1)``.
+
+    ``train`` is an ``ImageDataset`` or ``(x, y)``: images in ``extractor.domain``'s box, or
+    with ``extractor=None`` precomputed embeddings ``(N, d)`` (feature-space attacks only).
+    ``params`` are the attack's own (checked like a config's).
+    """
+    from ..data.loaders.features import embedding_domain
+    from ..extractors.zoo import passthrough_extractor
+
+    info = get_attack(name)
+    info.check_params(params)
+    if train is None:
+        raise ConfigError("attack() needs train=(x, y) or an ImageDataset")
+    if not isinstance(train, ImageDataset):
+        x, y = (torch.as_tensor(t) for t in train)
+        y = y.long()
+        if extractor is None:
+            if x.ndim != 2:
+                raise ConfigError(
+                    f"train x has shape {tuple(x.shape)}: without an extractor give (N, d) "
+                    "embeddings, or pass extractor= for images"
+                )
+            domain = embedding_domain(int(x.shape[1]))
+            x = x.float()[:, :, None, None]
+        elif hasattr(extractor, "domain"):
+            domain = extractor.domain
+        else:
+            raise ConfigError(
+                "extractor has no .domain (pixel box and shape); build it with "
+                "poisonprobe.extractors (build_extractor, load_extractor, zoo.build_zoo_extractor)"
+            )
+        classes = [str(i) for i in range(int(y.max()) + 1)] if len(y) else []
+        train = ImageDataset(x.float(), y, classes, domain, "train")
+    if extractor is None:
+        check_embedding_attack(name, "attack() on embeddings")
+        extractor = passthrough_extractor(train.domain)
+    ctx = AttackContext.build(
+        extractor,
+        train,
+        eps,
+        regime=regime or default_regime(info),
+        victim=victim,
+        seed=seed,
+        device=device,
+    )
+    return info.fn(ctx, **params)

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError, check_device, check_eps
+from ..victim import DEFAULT_C_GRID
 
 DEFAULT_ATTACKS: list[str] = [
     "label-flip",
@@ -75,10 +76,16 @@ class SettingConfig(Strict):
 
 
 class ExtractorConfig(Strict):
-    """Which extractor, and how to pre-train it when no checkpoint is given."""
+    """Which extractor, and how to pre-train it when no checkpoint is given.
+
+    A zoo ``arch`` (``torchvision:NAME``, ``timm:NAME``, ``open_clip:NAME``, ``hf:REPO``) is
+    used frozen as given with ``weights`` (``default``, a weight name/tag, or null = random).
+    """
 
     arch: str = "smallcnn"
-    method: Literal["simclr", "moco", "byol"] = "simclr"
+    method: Literal["simclr", "moco", "byol"] | None = None  # our archs: simclr by default
+    weights: str | bool | None = "default"  # zoo archs only
+    image_size: int | None = Field(None, ge=8, le=1024)  # zoo archs: override the input size
     epochs: int = Field(30, ge=0)
     batch_size: int = Field(256, ge=2)
     lr: float | None = Field(None, gt=0)
@@ -91,27 +98,92 @@ class ExtractorConfig(Strict):
     @classmethod
     def _arch(cls, v: str) -> str:
         from ..extractors.archs import ARCHS
+        from ..extractors.zoo import is_zoo_arch
 
-        if v not in ARCHS:
-            raise ValueError(f"unknown arch {v!r}; choose one of: {', '.join(ARCHS)}")
+        if v not in ARCHS and not is_zoo_arch(v):
+            raise ValueError(
+                f"unknown arch {v!r}; choose one of: {', '.join(ARCHS)}, or a zoo model "
+                "torchvision:NAME, timm:NAME, open_clip:NAME, hf:REPO"
+            )
         return v
+
+    @model_validator(mode="after")
+    def _zoo(self) -> ExtractorConfig:
+        from ..extractors.zoo import DEFAULT_WEIGHTS, is_zoo_arch
+
+        if not is_zoo_arch(self.arch):
+            if self.weights != DEFAULT_WEIGHTS or self.image_size is not None:
+                raise ValueError(
+                    f"weights and image_size are for zoo models (torchvision:NAME, ...), "
+                    f"not {self.arch}; drop them (use checkpoint: for our archs)"
+                )
+            if self.method is None:
+                object.__setattr__(self, "method", "simclr")
+            return self
+        if self.method is not None:
+            raise ValueError(
+                f"{self.arch} is used frozen as given; SSL pre-training of zoo models is not "
+                "supported, drop 'method'"
+            )
+        if self.checkpoint:
+            raise ValueError(
+                f"{self.arch} loads its weights through 'weights'; drop 'checkpoint' "
+                "(checkpoint files are for smallcnn/resnet18/resnet50)"
+            )
+        return self
+
+    @property
+    def is_zoo(self) -> bool:
+        from ..extractors.zoo import is_zoo_arch
+
+        return is_zoo_arch(self.arch)
 
     @property
     def label(self) -> str:
         if self.name:
             return self.name
+        if self.is_zoo:
+            if self.weights is None or self.weights is False:
+                return f"{self.arch}-random"
+            return self.arch if self.weights in ("default", True) else f"{self.arch}-{self.weights}"
         if self.checkpoint:
             return f"{self.arch}-{Path(self.checkpoint).stem}"
         return f"{self.arch}-{self.method}"
 
 
 class VictimSettings(Strict):
-    solver: Literal["lbfgs", "sgd"] = "lbfgs"
+    """The victim's recipe (``victim.VictimConfig``); ``C`` is scikit-learn's and replaces
+    ``weight_decay`` (``wd = 1 / (N C)``); ``lbfgs-cv`` picks C from ``C_grid``."""
+
+    solver: Literal["lbfgs", "sgd", "lbfgs-cv"] = "lbfgs"
     weight_decay: float = Field(1e-3, gt=0)
     max_iter: int = Field(100, ge=1)
     tol: float = Field(1e-9, gt=0)
     sgd_epochs: int = Field(100, ge=1)
     sgd_lr: float = Field(4.0, gt=0)
+    C: float | None = Field(None, gt=0)
+    C_grid: list[float] = Field(default_factory=lambda: list(DEFAULT_C_GRID), min_length=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+
+    @field_validator("C_grid")
+    @classmethod
+    def _grid(cls, v: list[float]) -> list[float]:
+        if not all(c > 0 for c in v):
+            raise ValueError("C_grid must list positive C values, e.g. [0.01, 0.1, 1, 10]")
+        return v
+
+    @model_validator(mode="after")
+    def _recipe(self) -> VictimSettings:
+        # compared with the defaults, not "given": a saved config.yaml spells every key
+        default = VictimSettings.model_fields
+        if self.C is not None and self.weight_decay != default["weight_decay"].default:
+            raise ValueError("give C or weight_decay, not both (wd = 1 / (N C))")
+        if self.solver == "lbfgs-cv" and self.C is not None:
+            raise ValueError("lbfgs-cv picks C from C_grid; drop C or use solver lbfgs")
+        cv_keys = self.C_grid != list(DEFAULT_C_GRID) or self.val_fraction != 0.2
+        if self.solver != "lbfgs-cv" and cv_keys:
+            raise ValueError("C_grid and val_fraction are lbfgs-cv's; set solver: lbfgs-cv")
+        return self
 
 
 class AttackSpec(Strict):

@@ -42,6 +42,7 @@ COLUMNS = [
     "seconds",
     "attack_seconds",
     "stages",
+    "victim",
     "info",
 ]
 

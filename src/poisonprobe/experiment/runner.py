@@ -19,17 +19,17 @@ from typing import Any, Protocol
 import pandas as pd
 import torch
 
-from ..attacks import AttackContext, PoisonSet, ThreatModel, get_attack
+from ..attacks import AttackContext, PoisonSet, get_attack
 from ..data import DatasetSplits, load_dataset
 from ..data.base import check_images, images_in_box
 from ..data.loaders.features import is_embedding_domain, is_features_spec
 from ..defenses import DefenseInput, DefenseSpec, apply_defense, parse_defense
 from ..errors import ConfigError, DataError, PoisonProbeError, check_device
 from ..extractors import Extractor
-from ..extractors.zoo import passthrough_extractor
+from ..extractors.zoo import build_zoo_extractor, check_zoo_weights, passthrough_extractor
 from ..progress import Reporter
 from ..threads import single_thread_if_small
-from ..victim import LinearHead, VictimConfig, train_head
+from ..victim import LinearHead, VictimConfig, resolve_victim, train_head
 from .config import AttackSpec, Config, ExtractorConfig, SettingConfig, load_config
 from .results import ResultsStore, atomic_write_text, row_key
 
@@ -70,6 +70,7 @@ class Prepared:
     checkpoint: str | None
     checkpoint_sha256: str | None
     seconds: dict[str, float] = field(default_factory=dict)
+    clean_victim: VictimConfig | None = None  # the recipe as fitted on clean data (C picked)
 
 
 def obtain_extractor(
@@ -83,6 +84,8 @@ def obtain_extractor(
     from ..extractors.checkpoints import checkpoint_sha256, load_extractor
     from ..extractors.pretrain import get_or_pretrain
 
+    if ext_cfg.is_zoo:
+        return zoo_extractor(ext_cfg, source, device, reporter)
     t0 = time.perf_counter()
     if ext_cfg.checkpoint:
         ext = load_extractor(ext_cfg.checkpoint, ext_cfg.arch, source.domain)
@@ -115,6 +118,22 @@ def obtain_extractor(
     return ext, (str(path) if path else None), sha, seconds
 
 
+def zoo_extractor(
+    ext_cfg: ExtractorConfig, source: DatasetSplits, device: torch.device, reporter: Reporter
+) -> tuple[Extractor, None, None, dict[str, float]]:
+    """A library model (torchvision / timm / open_clip / HF), frozen as given: no pre-training."""
+    t0 = time.perf_counter()
+    ext = build_zoo_extractor(
+        ext_cfg.arch, source.domain, ext_cfg.weights, ext_cfg.image_size, ext_cfg.seed
+    ).to(device)
+    seconds = {"pretrain": time.perf_counter() - t0}
+    reporter.log(
+        f"extractor {ext_cfg.label}: {ext.feature_dim} features, input {ext.size} "
+        f"({seconds['pretrain']:.1f}s)"
+    )
+    return ext, None, None, seconds
+
+
 def prepare(
     setting: SettingConfig,
     ext_cfg: ExtractorConfig,
@@ -123,6 +142,8 @@ def prepare(
     reporter: Reporter,
     feature_cache,
 ) -> Prepared:
+    if ext_cfg.is_zoo:
+        check_zoo_weights(ext_cfg.arch, ext_cfg.weights)  # offline: fail before loading data
     if is_features_spec(setting.target):
         target, ext, path, sha, seconds = load_embeddings(setting, cfg, reporter)
         feature_cache = EmbeddingCache()
@@ -153,13 +174,16 @@ def prepare(
     z_test = feature_cache.encode(ext, target.test, progress=reporter.track).to(device)
     seconds["encode"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    vcfg = victim_config(cfg)
-    head = train_head(z_train, target.train.y.to(device), target.train.n_classes, vcfg)
+    y_train, k = target.train.y.to(device), target.train.n_classes
+    vcfg = resolve_victim(z_train, y_train, k, victim_config(cfg))
+    head = train_head(z_train, y_train, k, vcfg)
     clean_acc = head.accuracy(z_test, target.test.y.to(device))
     seconds["clean_head"] = time.perf_counter() - t0
-    reporter.log(f"{setting.name}/{ext_cfg.label}: clean test accuracy {clean_acc:.4f}")
+    reporter.log(
+        f"{setting.name}/{ext_cfg.label}: clean test accuracy {clean_acc:.4f} ({vcfg.label})"
+    )
     return Prepared(
-        setting, ext_cfg, ext, target, z_train, z_test, head, clean_acc, path, sha, seconds
+        setting, ext_cfg, ext, target, z_train, z_test, head, clean_acc, path, sha, seconds, vcfg
     )
 
 
@@ -241,9 +265,9 @@ def evaluate(
     """Defend (without seeing poison flags), retrain the victim, measure test accuracy."""
     inp = DefenseInput(ts.z, ts.y, ts.in_box, prep.target.train.n_classes, vcfg, seed)
     keep = apply_defense(spec, inp, default_fraction=eps).to(ts.z.device)
-    head = train_head(
-        ts.z[keep], ts.y[keep], prep.target.train.n_classes, vcfg, init=prep.clean_head, seed=seed
-    )
+    k = prep.target.train.n_classes
+    vcfg = resolve_victim(ts.z[keep], ts.y[keep], k, vcfg, seed)  # lbfgs-cv: C on this set
+    head = train_head(ts.z[keep], ts.y[keep], k, vcfg, init=prep.clean_head, seed=seed)
     acc = head.accuracy(prep.z_test, prep.target.test.y.to(prep.z_test.device))
     n_poison = int(ts.is_poison.sum())
     n_clean = int((~ts.is_poison).sum())
@@ -254,6 +278,7 @@ def evaluate(
         if n_poison
         else float("nan"),
         "clean_removed": int((~ts.is_poison & ~keep).sum()) / max(n_clean, 1),
+        "victim": vcfg.label,
     }
 
 
@@ -431,18 +456,17 @@ def _run_seed(
                     reporter.advance(len(defenses))
                     continue
                 reporter.describe(f"{prep.setting.name} {spec.column} {regime} eps={eps}")
-                threat = ThreatModel(
-                    eps=eps, domain=prep.target.domain, regime=regime, linf=cfg.linf
-                )
-                ctx = AttackContext(
-                    extractor=prep.extractor,
-                    train=prep.target.train,
-                    z_train=prep.z_train,
-                    clean_head=prep.clean_head,
-                    victim=vcfg,
-                    threat=threat,
+                ctx = AttackContext.build(
+                    prep.extractor,
+                    prep.target.train,
+                    eps,
+                    regime=regime,
+                    linf=cfg.linf,
+                    victim=prep.clean_victim,
                     seed=seed,
                     device=device,
+                    z_train=prep.z_train,
+                    clean_head=prep.clean_head,
                     memo=memo,
                     progress=reporter.track,
                     batch_size=cfg.batch_size,
