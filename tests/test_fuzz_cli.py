@@ -1270,6 +1270,44 @@ def _cases() -> list[Case]:
         "lacks y_test",
         lambda d: run_cfg(d, features_cfg(d, drop="y_test")),
     )
+    add(
+        "zoo: SSL method on a zoo model",
+        "`extractor: {arch: torchvision:resnet18, method: simclr}`",
+        "drop 'method'",
+        lambda d: run_cfg(d, {"extractor": {"arch": "torchvision:resnet18", "method": "simclr"}}),
+    )
+    add(
+        "zoo: weights on our own arch",
+        "`extractor: {arch: smallcnn, weights: IMAGENET1K_V1}`",
+        "zoo models",
+        lambda d: run_cfg(d, {"extractor": {"arch": "smallcnn", "weights": "IMAGENET1K_V1"}}),
+    )
+    add(
+        "zoo: unknown torchvision weights",
+        "`extractor: {arch: torchvision:resnet18, weights: IMAGENET9K}`",
+        "IMAGENET1K_V1",
+        lambda d: run_cfg(
+            d,
+            {
+                "settings": [{"name": "s", "source": "digits", "target": "digits"}],
+                "extractor": {"arch": "torchvision:resnet18", "weights": "IMAGENET9K"},
+                "attacks": ["label-flip"],
+                "eps": [0.1],
+            },
+        ),
+    )
+    add(
+        "victim: C and weight_decay together",
+        "`victim: {C: 1.0, weight_decay: 0.01}`",
+        "not both",
+        lambda d: run_cfg(d, {"victim": {"C": 1.0, "weight_decay": 0.01}}),
+    )
+    add(
+        "victim: C with lbfgs-cv",
+        "`victim: {solver: lbfgs-cv, C: 1.0}`",
+        "drop C",
+        lambda d: run_cfg(d, {"victim": {"solver": "lbfgs-cv", "C": 1.0}}),
+    )
     add("unknown command", "`poisonprobe attack`", "attack", lambda d: ["attack"])
     add(
         "unknown option",
