@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import HANG_GUARD_S
 
 import poisonprobe
 from poisonprobe.data import load_dataset
@@ -129,7 +130,7 @@ def _cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
         text=True,
         # the package under test, wherever the working directory is
         env={**os.environ, "NO_COLOR": "1", "PYTHONPATH": SRC, **env},
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
 
 
