@@ -68,6 +68,12 @@ def test_image_attack_through_an_extractor():
     assert poison.x.min() >= 0 and poison.x.max() <= 1  # box regime by default
 
 
+def test_images_without_an_extractor_refused():
+    digits = load_dataset("digits")
+    with pytest.raises(ConfigError, match="pass the extractor"):
+        poisonprobe.attack("label-flip", train=digits.train, eps=0.1)
+
+
 def test_image_attack_on_embeddings_refused():
     z, y = blobs()
     with pytest.raises(ConfigError, match="feature-space attack"):

@@ -356,7 +356,7 @@ def attack(
     with ``extractor=None`` precomputed embeddings ``(N, d)`` (feature-space attacks only).
     ``params`` are the attack's own (checked like a config's).
     """
-    from ..data.loaders.features import embedding_domain
+    from ..data.loaders.features import embedding_domain, is_embedding_domain
     from ..extractors.zoo import passthrough_extractor
 
     info = get_attack(name)
@@ -384,6 +384,11 @@ def attack(
         classes = [str(i) for i in range(int(y.max()) + 1)] if len(y) else []
         train = ImageDataset(x.float(), y, classes, domain, "train")
     if extractor is None:
+        if not is_embedding_domain(train.domain):
+            raise ConfigError(
+                f"train holds {train.domain.shape} images: pass the extractor= that reads them "
+                "(only (N, d) embeddings need none)"
+            )
         check_embedding_attack(name, "attack() on embeddings")
         extractor = passthrough_extractor(train.domain)
     ctx = AttackContext.build(
