@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ..errors import ConfigError, check_device, check_eps
 from ..victim import DEFAULT_C_GRID
@@ -83,7 +91,7 @@ class ExtractorConfig(Strict):
     """
 
     arch: str = "smallcnn"
-    method: Literal["simclr", "moco", "byol"] | None = None  # our archs: simclr by default
+    method: Literal["simclr", "moco", "byol"] | None = Field(None, validate_default=True)
     weights: str | bool | None = "default"  # zoo archs only
     image_size: int | None = Field(None, ge=8, le=1024)  # zoo archs: override the input size
     epochs: int = Field(30, ge=0)
@@ -107,30 +115,51 @@ class ExtractorConfig(Strict):
             )
         return v
 
-    @model_validator(mode="after")
-    def _zoo(self) -> ExtractorConfig:
-        from ..extractors.zoo import DEFAULT_WEIGHTS, is_zoo_arch
+    # field validators, not a model validator: one would rename the union branch that
+    # _union_errors reads ("function-after[...]" instead of "ExtractorConfig")
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str | None, info: ValidationInfo) -> str | None:
+        from ..extractors.zoo import is_zoo_arch
 
-        if not is_zoo_arch(self.arch):
-            if self.weights != DEFAULT_WEIGHTS or self.image_size is not None:
-                raise ValueError(
-                    f"weights and image_size are for zoo models (torchvision:NAME, ...), "
-                    f"not {self.arch}; drop them (use checkpoint: for our archs)"
-                )
-            if self.method is None:
-                object.__setattr__(self, "method", "simclr")
-            return self
-        if self.method is not None:
+        arch = info.data.get("arch")
+        if arch is None:
+            return v
+        if not is_zoo_arch(arch):
+            return v or "simclr"
+        if v is not None:
             raise ValueError(
-                f"{self.arch} is used frozen as given; SSL pre-training of zoo models is not "
+                f"{arch} is used frozen as given; SSL pre-training of zoo models is not "
                 "supported, drop 'method'"
             )
-        if self.checkpoint:
+        return v
+
+    @field_validator("weights", "image_size")
+    @classmethod
+    def _zoo_only(cls, v: Any, info: ValidationInfo) -> Any:
+        from ..extractors.zoo import DEFAULT_WEIGHTS, is_zoo_arch
+
+        arch = info.data.get("arch")
+        default = DEFAULT_WEIGHTS if info.field_name == "weights" else None
+        if arch is not None and not is_zoo_arch(arch) and v != default:
             raise ValueError(
-                f"{self.arch} loads its weights through 'weights'; drop 'checkpoint' "
+                f"weights and image_size are for zoo models (torchvision:NAME, ...), "
+                f"not {arch}; drop them (use checkpoint: for our archs)"
+            )
+        return v
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint(cls, v: str | None, info: ValidationInfo) -> str | None:
+        from ..extractors.zoo import is_zoo_arch
+
+        arch = info.data.get("arch")
+        if v and arch is not None and is_zoo_arch(arch):
+            raise ValueError(
+                f"{arch} loads its weights through 'weights'; drop 'checkpoint' "
                 "(checkpoint files are for smallcnn/resnet18/resnet50)"
             )
-        return self
+        return v
 
     @property
     def is_zoo(self) -> bool:
