@@ -193,6 +193,29 @@ def ckpt_cfg(path: str, dataset: str, arch: str = "smallcnn") -> dict:
     }
 
 
+def features_cfg(
+    d: Path, attacks: list | None = None, nan: bool = False, drop: str | None = None
+) -> dict:
+    """A config over a tiny embeddings file ``emb.npz`` (optionally broken)."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.normal(size=(12, 4)).astype(np.float32),
+        "y_train": np.arange(12) % 2,
+        "x_test": rng.normal(size=(4, 4)).astype(np.float32),
+        "y_test": np.arange(4) % 2,
+    }
+    if nan:
+        arrays["x_train"][3, 1] = np.nan
+    if drop:
+        arrays.pop(drop)
+    np.savez(d / "emb.npz", **arrays)
+    return {
+        "settings": [{"name": "s", "target": "features:emb.npz"}],
+        "attacks": attacks or ["label-flip"],
+        "eps": [0.1],
+    }
+
+
 def npz_arrays(seed: int = 0, n: int = 12, c: int = 1, size: int = 8) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     shape = (c, size, size) if c > 1 else (size, size)
@@ -1341,6 +1364,62 @@ def _cases() -> list[Case]:
         "`--dataset npz:nope.npz`",
         "does not exist",
         lambda d: ["pretrain", "--dataset", "npz:nope.npz"],
+    )
+    add(
+        "features: image attack on embeddings",
+        "`target: features:emb.npz` with `attacks: [gc-input]`",
+        "feature-space attack",
+        lambda d: run_cfg(d, features_cfg(d, attacks=["gc-input"])),
+    )
+    add(
+        "features: NaN embeddings",
+        "`features:emb.npz` whose x_train holds a NaN",
+        "NaN or inf",
+        lambda d: run_cfg(d, features_cfg(d, nan=True)),
+    )
+    add(
+        "features: missing key",
+        "`features:emb.npz` without y_test",
+        "lacks y_test",
+        lambda d: run_cfg(d, features_cfg(d, drop="y_test")),
+    )
+    add(
+        "zoo: SSL method on a zoo model",
+        "`extractor: {arch: torchvision:resnet18, method: simclr}`",
+        "drop 'method'",
+        lambda d: run_cfg(d, {"extractor": {"arch": "torchvision:resnet18", "method": "simclr"}}),
+    )
+    add(
+        "zoo: weights on our own arch",
+        "`extractor: {arch: smallcnn, weights: IMAGENET1K_V1}`",
+        "zoo models",
+        lambda d: run_cfg(d, {"extractor": {"arch": "smallcnn", "weights": "IMAGENET1K_V1"}}),
+    )
+    add(
+        "zoo: unknown torchvision weights",
+        "`extractor: {arch: torchvision:resnet18, weights: IMAGENET9K}`",
+        "IMAGENET1K_V1",
+        lambda d: run_cfg(
+            d,
+            {
+                "settings": [{"name": "s", "source": "digits", "target": "digits"}],
+                "extractor": {"arch": "torchvision:resnet18", "weights": "IMAGENET9K"},
+                "attacks": ["label-flip"],
+                "eps": [0.1],
+            },
+        ),
+    )
+    add(
+        "victim: C and weight_decay together",
+        "`victim: {C: 1.0, weight_decay: 0.01}`",
+        "not both",
+        lambda d: run_cfg(d, {"victim": {"C": 1.0, "weight_decay": 0.01}}),
+    )
+    add(
+        "victim: C with lbfgs-cv",
+        "`victim: {solver: lbfgs-cv, C: 1.0}`",
+        "drop C",
+        lambda d: run_cfg(d, {"victim": {"solver": "lbfgs-cv", "C": 1.0}}),
     )
     add("unknown command", "`poisonprobe attack`", "attack", lambda d: ["attack"])
     add(

@@ -14,4 +14,14 @@ def run(config=None, out=None, quiet: bool = False, backend: str = "local", ray_
     return _run(config, out=out, quiet=quiet, backend=backend, ray_address=ray_address)
 
 
-__all__ = ["__version__", "run"]
+def attack(name: str, extractor=None, train=None, eps: float = 0.1, **kwargs):
+    """Run one attack → ``PoisonSet`` (see ``poisonprobe.attacks.base.attack``)::
+
+    poison = poisonprobe.attack("ft-ideal", extractor=ext, train=(x, y), eps=0.1)
+    """
+    from .attacks.base import attack as _attack
+
+    return _attack(name, extractor=extractor, train=train, eps=eps, **kwargs)
+
+
+__all__ = ["__version__", "attack", "run"]

@@ -7,6 +7,7 @@ from .base import (
     PoisonSet,
     ThreatModel,
     attack_names,
+    check_embedding_attack,
     get_attack,
     register_attack,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "PoisonSet",
     "ThreatModel",
     "attack_names",
+    "check_embedding_attack",
     "get_attack",
     "register_attack",
 ]

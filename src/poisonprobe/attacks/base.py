@@ -17,7 +17,7 @@ from torch import nn
 from ..data.base import ImageDataset
 from ..domain import InputDomain
 from ..errors import ConfigError, check_eps
-from ..victim import LinearHead, VictimConfig
+from ..victim import LinearHead, VictimConfig, resolve_victim, train_head
 from ._optim import StopRule
 
 T = TypeVar("T")
@@ -134,6 +134,55 @@ class AttackContext:
         """``range(n)`` with a progress bar (quiet runs get none)."""
         return iter(self.progress(range(n), description=description, total=n))
 
+    @classmethod
+    def build(
+        cls,
+        extractor: nn.Module,
+        train: ImageDataset,
+        eps: float,
+        regime: str = "box",
+        linf: float | None = None,
+        victim: VictimConfig | None = None,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        z_train: torch.Tensor | None = None,
+        clean_head: LinearHead | None = None,
+        memo: dict[str, Any] | None = None,
+        progress: Callable[..., Iterable] = identity_progress,
+        batch_size: int = 512,
+    ) -> AttackContext:
+        """A context from an extractor, the clean training set and a budget.
+
+        Encodes ``train`` and fits the clean head unless given (``z_train``, ``clean_head``).
+        ``victim`` is the recipe the victim fits with; attacks plan against it on the
+        poisoned set's size, with the ``C`` that ``lbfgs-cv`` picks on the clean data.
+        """
+        from ..extractors.cache import encode_batched
+
+        device = torch.device(device)
+        victim = victim or VictimConfig()
+        if z_train is None:
+            z_train = encode_batched(extractor, train.x, batch_size, progress)
+        z_train = z_train.to(device)
+        y = train.y.to(device)
+        clean = resolve_victim(z_train, y, train.n_classes, victim, seed)
+        if clean_head is None:
+            clean_head = train_head(z_train, y, train.n_classes, clean, seed=seed)
+        threat = ThreatModel(eps=eps, domain=train.domain, regime=regime, linf=linf)
+        return cls(
+            extractor=extractor,
+            train=train,
+            z_train=z_train,
+            clean_head=clean_head,
+            victim=clean.for_n(len(train) + threat.n_poison(len(train))),
+            threat=threat,
+            seed=seed,
+            device=device,
+            memo={} if memo is None else memo,
+            progress=progress,
+            batch_size=batch_size,
+        )
+
 
 @dataclass
 class PoisonSet:
@@ -180,6 +229,7 @@ class AttackInfo:
     regimes: tuple[str, ...]  # regimes it runs in; ("feature",) for feature-injection attacks
     description: str
     validate: Callable[[dict[str, Any]], None] | None = None  # value checks, before any work
+    on_embeddings: bool = False  # runs on precomputed embeddings (no pixels, no network)
 
     def params(self) -> dict[str, inspect.Parameter]:
         sig = inspect.signature(self.fn)
@@ -256,20 +306,37 @@ def register_attack(
     regimes: tuple[str, ...] = ("box",),
     description: str = "",
     validate: Callable[[dict[str, Any]], None] | None = None,
+    on_embeddings: bool | None = None,
 ) -> Callable[[AttackFn], AttackFn]:
     """Register ``fn(ctx, **params) -> PoisonSet`` under ``name``.
 
     ``regimes``: ``("unconstrained", "box")`` for input-space attacks that can run
     with or without the pixel-box countermeasure; ``("box",)`` for attacks whose
     poisons are always valid images; ``("feature",)`` for feature injection.
+    ``on_embeddings``: whether it runs on precomputed embeddings (``features:PATH``, no
+    images and no network); default: feature-injection attacks only.
     """
 
     def deco(fn: AttackFn) -> AttackFn:
         doc = description or (inspect.getdoc(fn) or "").split("\n")[0]
-        _ATTACKS[name] = AttackInfo(name, fn, tuple(regimes), doc, validate)
+        embeds = tuple(regimes) == ("feature",) if on_embeddings is None else on_embeddings
+        _ATTACKS[name] = AttackInfo(
+            name, fn, tuple(regimes), doc, validate=validate, on_embeddings=embeds
+        )
         return fn
 
     return deco
+
+
+def check_embedding_attack(name: str, where: str) -> None:
+    """Refuse an attack that needs images or the network on precomputed embeddings."""
+    info = get_attack(name)
+    if not info.on_embeddings:
+        usable = ", ".join(n for n in attack_names() if get_attack(n).on_embeddings)
+        raise ConfigError(
+            f"{where}: attack {name!r} perturbs images through the extractor, but embeddings "
+            f"have neither; use a feature-space attack ({usable})"
+        )
 
 
 def get_attack(name: str) -> AttackInfo:
@@ -290,3 +357,72 @@ def _stable_hash(text: str) -> int:
     import hashlib
 
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "little")
+
+
+def default_regime(info: AttackInfo) -> str:
+    """``feature`` for feature injection, else ``box`` (valid images) where supported."""
+    return "box" if "box" in info.regimes else info.regimes[0]
+
+
+def attack(
+    name: str,
+    extractor: nn.Module | None = None,
+    train: ImageDataset | tuple[torch.Tensor, torch.Tensor] | None = None,
+    eps: float = 0.1,
+    regime: str | None = None,
+    victim: VictimConfig | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    **params: Any,
+) -> PoisonSet:
+    """Run one attack: ``attack("ft-ideal", extractor=ext, train=(x, y), eps=0.1)``.
+
+    ``train`` is an ``ImageDataset`` or ``(x, y)``: images in ``extractor.domain``'s box, or
+    with ``extractor=None`` precomputed embeddings ``(N, d)`` (feature-space attacks only).
+    ``params`` are the attack's own (checked like a config's).
+    """
+    from ..data.loaders.features import embedding_domain, is_embedding_domain
+    from ..extractors.zoo import passthrough_extractor
+
+    info = get_attack(name)
+    info.check_params(params)
+    if train is None:
+        raise ConfigError("attack() needs train=(x, y) or an ImageDataset")
+    if not isinstance(train, ImageDataset):
+        x, y = (torch.as_tensor(t) for t in train)
+        y = y.long()
+        if extractor is None:
+            if x.ndim != 2:
+                raise ConfigError(
+                    f"train x has shape {tuple(x.shape)}: without an extractor give (N, d) "
+                    "embeddings, or pass extractor= for images"
+                )
+            domain = embedding_domain(int(x.shape[1]))
+            x = x.float()[:, :, None, None]
+        elif hasattr(extractor, "domain"):
+            domain = extractor.domain
+        else:
+            raise ConfigError(
+                "extractor has no .domain (pixel box and shape); build it with "
+                "poisonprobe.extractors (build_extractor, load_extractor, zoo.build_zoo_extractor)"
+            )
+        classes = [str(i) for i in range(int(y.max()) + 1)] if len(y) else []
+        train = ImageDataset(x.float(), y, classes, domain, "train")
+    if extractor is None:
+        if not is_embedding_domain(train.domain):
+            raise ConfigError(
+                f"train holds {train.domain.shape} images: pass the extractor= that reads them "
+                "(only (N, d) embeddings need none)"
+            )
+        check_embedding_attack(name, "attack() on embeddings")
+        extractor = passthrough_extractor(train.domain)
+    ctx = AttackContext.build(
+        extractor,
+        train,
+        eps,
+        regime=regime or default_regime(info),
+        victim=victim,
+        seed=seed,
+        device=device,
+    )
+    return info.fn(ctx, **params)

@@ -14,7 +14,7 @@ def most_confusable_labels(ctx: AttackContext, idx: torch.Tensor) -> torch.Tenso
     return logits.argmax(dim=1).cpu()
 
 
-@register_attack("label-flip", regimes=("box",))
+@register_attack("label-flip", regimes=("box",), on_embeddings=True)
 def label_flip(ctx: AttackContext, mode: str = "confusable") -> PoisonSet:
     """Inject copies of clean points with wrong labels (most-confusable class, or random)."""
     from ..errors import ConfigError

@@ -9,6 +9,7 @@ from .base import (
     load_dataset,
     register_dataset,
 )
+from .loaders import features  # noqa: F401  (registration)
 
 __all__ = [
     "DatasetSplits",

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from ..errors import ConfigError, PoisonProbeError, check_device, check_eps
+from ..victim import DEFAULT_C_GRID
 
 DEFAULT_ATTACKS: list[str] = [
     "label-flip",
@@ -55,11 +56,37 @@ class Strict(BaseModel):
 
 
 class SettingConfig(Strict):
-    """A downstream setting: pre-train the extractor on ``source``, probe on ``target``."""
+    """A downstream setting: pre-train the extractor on ``source``, probe on ``target``.
+
+    A ``features:PATH`` target (precomputed embeddings) needs no source: it is its own.
+    """
 
     name: str
-    source: str
+    source: str | None = None
     target: str
+
+    @model_validator(mode="after")
+    def _source(self) -> SettingConfig:
+        from ..data.loaders.features import is_features_spec
+
+        if is_features_spec(self.target):
+            if self.source not in (None, self.target):
+                raise ValueError(
+                    f"setting {self.name!r}: target {self.target} holds embeddings, so there is "
+                    "no extractor to pre-train on a source; drop 'source'"
+                )
+            object.__setattr__(self, "source", self.target)
+        elif self.source is None:
+            raise ValueError(
+                f"setting {self.name!r} needs a source (the extractor's pre-training data); "
+                "only a features:PATH target may omit it"
+            )
+        elif is_features_spec(self.source):
+            raise ValueError(
+                f"setting {self.name!r}: source {self.source} holds embeddings, which cannot "
+                "pre-train an extractor; use it as the target"
+            )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -70,10 +97,16 @@ class SettingConfig(Strict):
 
 
 class ExtractorConfig(Strict):
-    """Which extractor, and how to pre-train it when no checkpoint is given."""
+    """Which extractor, and how to pre-train it when no checkpoint is given.
+
+    A zoo ``arch`` (``torchvision:NAME``, ``timm:NAME``, ``open_clip:NAME``, ``hf:REPO``) is
+    used frozen as given with ``weights`` (``default``, a weight name/tag, or null = random).
+    """
 
     arch: str = "smallcnn"
-    method: Literal["simclr", "moco", "byol"] = "simclr"
+    method: Literal["simclr", "moco", "byol"] | None = Field(None, validate_default=True)
+    weights: str | bool | None = "default"  # zoo archs only
+    image_size: Int | None = Field(None, ge=8, le=1024)  # zoo archs: override the input size
     epochs: Int = Field(30, ge=0)
     batch_size: Int = Field(256, ge=2)
     lr: PositiveFloat | None = None
@@ -97,9 +130,13 @@ class ExtractorConfig(Strict):
     @classmethod
     def _arch(cls, v: str) -> str:
         from ..extractors.archs import ARCHS
+        from ..extractors.zoo import is_zoo_arch
 
-        if v not in ARCHS:
-            raise ValueError(f"unknown arch {v!r}; choose one of: {', '.join(ARCHS)}")
+        if v not in ARCHS and not is_zoo_arch(v):
+            raise ValueError(
+                f"unknown arch {v!r}; choose one of: {', '.join(ARCHS)}, or a zoo model "
+                "torchvision:NAME, timm:NAME, open_clip:NAME, hf:REPO"
+            )
         return v
 
     @field_validator("seed")
@@ -114,22 +151,104 @@ class ExtractorConfig(Strict):
         seeds = self.seed if isinstance(self.seed, list) else [self.seed]
         return [self.model_copy(update={"seed": s}) for s in seeds]
 
+    # field validators, not a model validator: one would rename the union branch that
+    # _union_errors reads ("function-after[...]" instead of "ExtractorConfig")
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str | None, info: ValidationInfo) -> str | None:
+        from ..extractors.zoo import is_zoo_arch
+
+        arch = info.data.get("arch")
+        if arch is None:
+            return v
+        if not is_zoo_arch(arch):
+            return v or "simclr"
+        if v is not None:
+            raise ValueError(
+                f"{arch} is used frozen as given; SSL pre-training of zoo models is not "
+                "supported, drop 'method'"
+            )
+        return v
+
+    @field_validator("weights", "image_size")
+    @classmethod
+    def _zoo_only(cls, v: Any, info: ValidationInfo) -> Any:
+        from ..extractors.zoo import DEFAULT_WEIGHTS, is_zoo_arch
+
+        arch = info.data.get("arch")
+        default = DEFAULT_WEIGHTS if info.field_name == "weights" else None
+        if arch is not None and not is_zoo_arch(arch) and v != default:
+            raise ValueError(
+                f"weights and image_size are for zoo models (torchvision:NAME, ...), "
+                f"not {arch}; drop them (use checkpoint: for our archs)"
+            )
+        return v
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint(cls, v: str | None, info: ValidationInfo) -> str | None:
+        from ..extractors.zoo import is_zoo_arch
+
+        arch = info.data.get("arch")
+        if v and arch is not None and is_zoo_arch(arch):
+            raise ValueError(
+                f"{arch} loads its weights through 'weights'; drop 'checkpoint' "
+                "(checkpoint files are for smallcnn/resnet18/resnet50)"
+            )
+        return v
+
+    @property
+    def is_zoo(self) -> bool:
+        from ..extractors.zoo import is_zoo_arch
+
+        return is_zoo_arch(self.arch)
+
     @property
     def label(self) -> str:
         if self.name:
             return self.name
+        if self.is_zoo:
+            if self.weights is None or self.weights is False:
+                return f"{self.arch}-random"
+            return self.arch if self.weights in ("default", True) else f"{self.arch}-{self.weights}"
         if self.checkpoint:
             return f"{self.arch}-{Path(self.checkpoint).stem}"
         return f"{self.arch}-{self.method}"
 
 
 class VictimSettings(Strict):
-    solver: Literal["lbfgs", "sgd"] = "lbfgs"
+    """The victim's recipe (``victim.VictimConfig``); ``C`` is scikit-learn's and replaces
+    ``weight_decay`` (``wd = 1 / (N C)``); ``lbfgs-cv`` picks C from ``C_grid``."""
+
+    solver: Literal["lbfgs", "sgd", "lbfgs-cv"] = "lbfgs"
     weight_decay: PositiveFloat = 1e-3
     max_iter: Int = Field(100, ge=1)
     tol: PositiveFloat = 1e-9
     sgd_epochs: Int = Field(100, ge=1)
     sgd_lr: PositiveFloat = 4.0
+    C: PositiveFloat | None = None
+    C_grid: list[float] = Field(default_factory=lambda: list(DEFAULT_C_GRID), min_length=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+
+    @field_validator("C_grid")
+    @classmethod
+    def _grid(cls, v: list[float]) -> list[float]:
+        if not all(c > 0 for c in v):
+            raise ValueError("C_grid must list positive C values, e.g. [0.01, 0.1, 1, 10]")
+        return v
+
+    @model_validator(mode="after")
+    def _recipe(self) -> VictimSettings:
+        # compared with the defaults, not "given": a saved config.yaml spells every key
+        default = VictimSettings.model_fields
+        if self.C is not None and self.weight_decay != default["weight_decay"].default:
+            raise ValueError("give C or weight_decay, not both (wd = 1 / (N C))")
+        if self.solver == "lbfgs-cv" and self.C is not None:
+            raise ValueError("lbfgs-cv picks C from C_grid; drop C or use solver lbfgs")
+        cv_keys = self.C_grid != list(DEFAULT_C_GRID) or self.val_fraction != 0.2
+        if self.solver != "lbfgs-cv" and cv_keys:
+            raise ValueError("C_grid and val_fraction are lbfgs-cv's; set solver: lbfgs-cv")
+        return self
 
 
 class AttackSpec(Strict):
@@ -267,7 +386,7 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _check_names(self) -> Config:
-        from ..attacks import get_attack
+        from ..attacks import check_embedding_attack, get_attack
         from ..defenses import parse_defense
 
         labels = [a.column for a in self.attacks]
@@ -292,10 +411,14 @@ class Config(Strict):
         for spec in self.defenses:
             parse_defense(spec)
         from ..data import dataset_names
+        from ..data.loaders.features import is_features_spec
         from ..data.reshape import split_shape_suffix
 
         known = dataset_names()
         for setting in self.settings:
+            if is_features_spec(setting.target):
+                for spec in self.attacks:
+                    check_embedding_attack(spec.name, f"setting {setting.name!r}")
             for spec in (setting.source, setting.target):
                 if split_shape_suffix(spec)[0].partition(":")[0] not in known:
                     raise ValueError(

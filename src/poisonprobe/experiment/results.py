@@ -68,6 +68,7 @@ COLUMNS = [
     "attack_objective",
     "attack_steps",
     "converged",
+    "victim",
     "info",
 ]
 

@@ -19,15 +19,17 @@ from typing import Any, Protocol
 import pandas as pd
 import torch
 
-from ..attacks import AttackContext, PoisonSet, ThreatModel, get_attack
+from ..attacks import AttackContext, PoisonSet, get_attack
 from ..data import DatasetSplits, load_dataset
 from ..data.base import check_images, images_in_box
+from ..data.loaders.features import is_embedding_domain, is_features_spec
 from ..defenses import DefenseInput, DefenseSpec, apply_defense, parse_defense
 from ..errors import ConfigError, DataError, PoisonProbeError, check_device
 from ..extractors import Extractor
+from ..extractors.zoo import build_zoo_extractor, check_zoo_weights, passthrough_extractor
 from ..progress import Reporter
 from ..threads import single_thread_if_small
-from ..victim import LinearHead, VictimConfig, train_head
+from ..victim import LinearHead, VictimConfig, resolve_victim, train_head
 from .config import AttackSpec, Config, ExtractorConfig, SettingConfig, load_config
 from .plan import cell_id, check_same_experiment, config_id
 from .results import ResultsStore, atomic_write_text, discard_if_failed
@@ -69,6 +71,7 @@ class Prepared:
     checkpoint: str | None
     checkpoint_sha256: str | None
     seconds: dict[str, float] = field(default_factory=dict)
+    clean_victim: VictimConfig | None = None  # the recipe as fitted on clean data (C picked)
     split_seed: int = 0
 
     def identity(self) -> dict[str, Any]:
@@ -98,6 +101,8 @@ def obtain_extractor(
     from ..extractors.checkpoints import checkpoint_sha256, load_extractor
     from ..extractors.pretrain import get_or_pretrain
 
+    if ext_cfg.is_zoo:
+        return zoo_extractor(ext_cfg, source, device, reporter)
     t0 = time.perf_counter()
     if ext_cfg.checkpoint:
         ext = load_extractor(ext_cfg.checkpoint, ext_cfg.arch, source.domain)
@@ -131,6 +136,22 @@ def obtain_extractor(
     return ext, (str(path) if path else None), sha, seconds
 
 
+def zoo_extractor(
+    ext_cfg: ExtractorConfig, source: DatasetSplits, device: torch.device, reporter: Reporter
+) -> tuple[Extractor, None, None, dict[str, float]]:
+    """A library model (torchvision / timm / open_clip / HF), frozen as given: no pre-training."""
+    t0 = time.perf_counter()
+    ext = build_zoo_extractor(
+        ext_cfg.arch, source.domain, ext_cfg.weights, ext_cfg.image_size, ext_cfg.seed
+    ).to(device)
+    seconds = {"pretrain": time.perf_counter() - t0}
+    reporter.log(
+        f"extractor {ext_cfg.label}: {ext.feature_dim} features, input {ext.size} "
+        f"({seconds['pretrain']:.1f}s)"
+    )
+    return ext, None, None, seconds
+
+
 def prepare(
     setting: SettingConfig,
     ext_cfg: ExtractorConfig,
@@ -140,18 +161,24 @@ def prepare(
     feature_cache,
     split_seed: int = 0,
 ) -> Prepared:
-    source = load_dataset(setting.source, cfg.data_root, split_seed, download=cfg.download)
-    target = load_dataset(setting.target, cfg.data_root, split_seed, download=cfg.download)
-    if source.domain.shape != target.domain.shape:
-        raise DataError(
-            f"setting {setting.name!r}: source {setting.source} has input shape "
-            f"{source.domain.shape} but target {setting.target} has {target.domain.shape}; "
-            "choose datasets of one shape (or resize one of them)"
-        )
-    ext, path, sha, seconds = obtain_extractor(ext_cfg, source, device, reporter)
-    if ext.domain != target.domain:
-        # the extractor normalises with the source statistics: that is what a transfer user gets
-        log.info("transfer: extractor normalises with %s statistics", setting.source)
+    if ext_cfg.is_zoo:
+        check_zoo_weights(ext_cfg.arch, ext_cfg.weights)  # offline: fail before loading data
+    if is_features_spec(setting.target):
+        target, ext, path, sha, seconds = load_embeddings(setting, cfg, reporter)
+        feature_cache = EmbeddingCache()
+    else:
+        source = load_dataset(setting.source, cfg.data_root, split_seed, download=cfg.download)
+        target = load_dataset(setting.target, cfg.data_root, split_seed, download=cfg.download)
+        if source.domain.shape != target.domain.shape:
+            raise DataError(
+                f"setting {setting.name!r}: source {setting.source} has input shape "
+                f"{source.domain.shape} but target {setting.target} has {target.domain.shape}; "
+                "choose datasets of one shape (or resize one of them)"
+            )
+        ext, path, sha, seconds = obtain_extractor(ext_cfg, source, device, reporter)
+        if ext.domain != target.domain:
+            # the extractor normalises with the source statistics: what a transfer user gets
+            log.info("transfer: extractor normalises with %s statistics", setting.source)
     from .resources import check_memory
 
     check_memory(
@@ -166,12 +193,14 @@ def prepare(
     z_test = feature_cache.encode(ext, target.test, progress=reporter.track).to(device)
     seconds["encode"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    vcfg = victim_config(cfg)
-    y_train = target.train.y.to(device)
-    head = train_head(z_train, y_train, target.train.n_classes, vcfg, seed=VICTIM_SEED)
+    y_train, k = target.train.y.to(device), target.train.n_classes
+    vcfg = resolve_victim(z_train, y_train, k, victim_config(cfg), VICTIM_SEED)
+    head = train_head(z_train, y_train, k, vcfg, seed=VICTIM_SEED)
     clean_acc = head.accuracy(z_test, target.test.y.to(device))
     seconds["clean_head"] = time.perf_counter() - t0
-    reporter.log(f"{setting.name}/{ext_cfg.label}: clean test accuracy {clean_acc:.4f}")
+    reporter.log(
+        f"{setting.name}/{ext_cfg.label}: clean test accuracy {clean_acc:.4f} ({vcfg.label})"
+    )
     return Prepared(
         setting,
         ext_cfg,
@@ -184,8 +213,35 @@ def prepare(
         path,
         sha,
         seconds,
-        split_seed,
+        clean_victim=vcfg,
+        split_seed=split_seed,
     )
+
+
+def load_embeddings(
+    setting: SettingConfig, cfg: Config, reporter: Reporter
+) -> tuple[DatasetSplits, Extractor, None, None, dict[str, float]]:
+    """A ``features:PATH`` target and its pass-through extractor (nothing to pre-train)."""
+    t0 = time.perf_counter()
+    target = load_dataset(setting.target, cfg.data_root, download=cfg.download)
+    reporter.log(
+        f"{setting.name}: {len(target.train)}+{len(target.test)} precomputed embeddings of "
+        f"dimension {target.domain.channels} from {setting.target}"
+    )
+    return (
+        target,
+        passthrough_extractor(target.domain),
+        None,
+        None,
+        {"load": time.perf_counter() - t0},
+    )
+
+
+class EmbeddingCache:
+    """``FeatureCache.encode`` for precomputed embeddings: they are the features (a view)."""
+
+    def encode(self, extractor: Extractor, data, progress=None) -> torch.Tensor:
+        return data.x.reshape(len(data), -1)
 
 
 @dataclass
@@ -240,8 +296,11 @@ def evaluate(
     """Defend (without seeing poison flags), retrain the victim, measure test accuracy."""
     inp = DefenseInput(ts.z, ts.y, ts.in_box, prep.target.train.n_classes, vcfg, seed)
     keep = apply_defense(spec, inp, default_fraction=eps).to(ts.z.device)
+    k = prep.target.train.n_classes
+    # lbfgs-cv: C picked on this (poisoned, defended) set, with the clean fit's split seed
+    vcfg = resolve_victim(ts.z[keep], ts.y[keep], k, vcfg, VICTIM_SEED)
     start = victim_start(vcfg, prep.clean_head)
-    head = train_head(ts.z[keep], ts.y[keep], prep.target.train.n_classes, vcfg, **start)
+    head = train_head(ts.z[keep], ts.y[keep], k, vcfg, **start)
     acc = head.accuracy(prep.z_test, prep.target.test.y.to(prep.z_test.device))
     n_poison = int(ts.is_poison.sum())
     n_clean = int((~ts.is_poison).sum())
@@ -252,6 +311,7 @@ def evaluate(
         if n_poison
         else float("nan"),
         "clean_removed": int((~ts.is_poison & ~keep).sum()) / max(n_clean, 1),
+        "victim": vcfg.label,
     }
 
 
@@ -274,7 +334,7 @@ def victim_start(vcfg: VictimConfig, clean_head: LinearHead) -> dict[str, Any]:
     """How every retrain starts: the exact solver warm-starts from the clean head (its optimum
     does not depend on the start); SGD starts where the clean head started (zeros, the same
     data order), so an unpoisoned retrain reproduces the clean head and its drop is exactly 0."""
-    if vcfg.solver == "lbfgs":
+    if vcfg.solver != "sgd":  # lbfgs, lbfgs-cv: exact
         return {"init": clean_head}
     return {"init": None, "seed": VICTIM_SEED}
 
@@ -542,18 +602,17 @@ def _run_seed(
                     reporter.advance(len(defenses))
                     continue
                 reporter.describe(f"{prep.setting.name} {spec.column} {regime} eps={eps}")
-                threat = ThreatModel(
-                    eps=eps, domain=prep.target.domain, regime=regime, linf=cfg.linf
-                )
-                ctx = AttackContext(
-                    extractor=prep.extractor,
-                    train=prep.target.train,
-                    z_train=prep.z_train,
-                    clean_head=prep.clean_head,
-                    victim=vcfg,
-                    threat=threat,
+                ctx = AttackContext.build(
+                    prep.extractor,
+                    prep.target.train,
+                    eps,
+                    regime=regime,
+                    linf=cfg.linf,
+                    victim=prep.clean_victim,
                     seed=seed,
                     device=device,
+                    z_train=prep.z_train,
+                    clean_head=prep.clean_head,
                     memo=memo,
                     progress=reporter.track,
                     batch_size=cfg.batch_size,
@@ -621,7 +680,8 @@ def _record_figures(prep, attack, regime, eps, poison, ts, out_dir, projected) -
     from ..report.plots import save_poison_grid
 
     projected[f"{attack} [{regime}]"] = ts.z[ts.is_poison]
-    if poison.x is not None and poison.base_idx is not None:
+    images = not is_embedding_domain(prep.target.domain)
+    if images and poison.x is not None and poison.base_idx is not None:
         name = _figure_name("grid", prep.setting.name, prep.ext_cfg.label, attack, regime)
         shown = poison.base_idx[:GRID_COLUMNS].cpu()  # not a copy of every start image
         save_poison_grid(

@@ -1,0 +1,1 @@
+"""Dataset loaders (one module per source format); importing a module registers it."""

@@ -1,0 +1,82 @@
+"""The one-call API: ``poisonprobe.attack`` and ``AttackContext.build``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import poisonprobe
+from poisonprobe.attacks import AttackContext, ThreatModel, get_attack
+from poisonprobe.data import load_dataset
+from poisonprobe.data.loaders.features import embedding_domain
+from poisonprobe.errors import ConfigError
+from poisonprobe.extractors import build_extractor
+from poisonprobe.extractors.zoo import passthrough_extractor
+from poisonprobe.victim import VictimConfig, train_head
+
+
+def blobs(n: int = 120, d: int = 5, k: int = 3):
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % k
+    x = rng.normal(0, 1.2, (k, d))[y] + rng.normal(0, 1, (n, d))
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+
+
+def test_build_matches_a_hand_built_context():
+    """``attack()`` = the hand-built seven-field context the runner used to write."""
+    z, y = blobs()
+    poison = poisonprobe.attack("ft-ideal", train=(z, y), eps=0.1)
+    from poisonprobe.data import ImageDataset
+
+    domain = embedding_domain(5)
+    train = ImageDataset(z[:, :, None, None], y, ["0", "1", "2"], domain, "train")
+    vcfg = VictimConfig()
+    ctx = AttackContext(
+        extractor=passthrough_extractor(domain),
+        train=train,
+        z_train=z,
+        clean_head=train_head(z, y, 3, vcfg),
+        victim=vcfg,
+        threat=ThreatModel(eps=0.1, domain=domain, regime="feature"),
+        seed=0,
+    )
+    by_hand = get_attack("ft-ideal").fn(ctx)
+    assert len(poison) == 12
+    torch.testing.assert_close(poison.z, by_hand.z)
+    torch.testing.assert_close(poison.y, by_hand.y)
+
+
+def test_build_plans_with_c_on_the_poisoned_size():
+    z, y = blobs()
+    ext = passthrough_extractor(embedding_domain(5))
+    from poisonprobe.data import ImageDataset
+
+    train = ImageDataset(z[:, :, None, None], y, ["0", "1", "2"], ext.domain, "t")
+    ctx = AttackContext.build(ext, train, 0.1, regime="feature", victim=VictimConfig(C=0.5))
+    assert ctx.victim.weight_decay == pytest.approx(1 / (132 * 0.5))  # N + n_p = 120 + 12
+    clean = train_head(z, y, 3, VictimConfig(C=0.5))
+    torch.testing.assert_close(ctx.clean_head.weight, clean.weight)
+
+
+def test_image_attack_through_an_extractor():
+    digits = load_dataset("digits")
+    x, y = digits.train.x[:60], digits.train.y[:60]
+    ext = build_extractor("smallcnn", digits.domain, width=4, feature_dim=16, grid=2).eval()
+    poison = poisonprobe.attack("gc-input", extractor=ext, train=(x, y), eps=0.05, steps=2)
+    assert poison.x.shape == (3, 1, 8, 8)
+    assert poison.x.min() >= 0 and poison.x.max() <= 1  # box regime by default
+
+
+def test_images_without_an_extractor_refused():
+    digits = load_dataset("digits")
+    with pytest.raises(ConfigError, match="pass the extractor"):
+        poisonprobe.attack("label-flip", train=digits.train, eps=0.1)
+
+
+def test_image_attack_on_embeddings_refused():
+    z, y = blobs()
+    with pytest.raises(ConfigError, match="feature-space attack"):
+        poisonprobe.attack("gc-input", train=(z, y), eps=0.1)
+    with pytest.raises(ConfigError, match="no parameter 'stepz'"):
+        poisonprobe.attack("ft-ideal", train=(z, y), eps=0.1, stepz=3)
