@@ -58,6 +58,9 @@ COLUMNS = [
     "stages",
     "cell_id",
     "config_id",
+    "train_loss",
+    "bound_loss",
+    "bound_error",
     "info",
 ]
 

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from ..attacks import AttackContext, PoisonSet, ThreatModel, get_attack
+from ..bounds.loss_bound import clean_loss
 from ..data import DatasetSplits, load_dataset
 from ..data.base import check_images, images_in_box
 from ..defenses import DefenseInput, DefenseSpec, apply_defense, parse_defense
@@ -28,6 +29,7 @@ from ..extractors import Extractor
 from ..progress import Reporter
 from ..threads import single_thread_if_small
 from ..victim import LinearHead, VictimConfig, train_head
+from .certify import BOUND, bound_rows, check_bounds_data, dpa_rows
 from .config import AttackSpec, Config, ExtractorConfig, SettingConfig, load_config
 from .plan import cell_id, check_same_experiment, config_id
 from .results import ResultsStore, atomic_write_text
@@ -146,6 +148,7 @@ def prepare(
             f"{source.domain.shape} but target {setting.target} has {target.domain.shape}; "
             "choose datasets of one shape (or resize one of them)"
         )
+    check_bounds_data(cfg, len(target.train))  # before pre-training
     ext, path, sha, seconds = obtain_extractor(ext_cfg, source, device, reporter)
     if ext.domain != target.domain:
         # the extractor normalises with the source statistics: that is what a transfer user gets
@@ -241,6 +244,7 @@ def evaluate(
     start = victim_start(vcfg, prep.clean_head)
     head = train_head(ts.z[keep], ts.y[keep], prep.target.train.n_classes, vcfg, **start)
     acc = head.accuracy(prep.z_test, prep.target.test.y.to(prep.z_test.device))
+    y_train = prep.target.train.y.to(prep.z_train.device)
     n_poison = int(ts.is_poison.sum())
     n_clean = int((~ts.is_poison).sum())
     return {
@@ -250,6 +254,7 @@ def evaluate(
         if n_poison
         else float("nan"),
         "clean_removed": int((~ts.is_poison & ~keep).sum()) / max(n_clean, 1),
+        "train_loss": clean_loss(head, prep.z_train, y_train),  # what the loss bound bounds
     }
 
 
@@ -345,6 +350,7 @@ def run(
         prep = prepare(setting, ext_cfg, cfg, device, reporter, feature_cache, split_seed)
         for seed in cfg.seeds:
             check_no_conflicts(store, unit_cells(prep, cfg, seed, defenses, device), add)
+        dpa_rows(prep, cfg, out_dir)
         manifest["settings"].append(_setting_record(prep))
         atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2))
         return prep
@@ -394,10 +400,14 @@ def check_no_conflicts(store: ResultsStore, planned: list[dict[str, Any]], add: 
 def finish_report(out_dir: Path) -> Path:
     """Plots from results.csv, then report.md linking every figure in the folder."""
     from ..report.markdown import write_report
-    from ..report.plots import plot_accuracy_vs_eps
+    from ..report.plots import plot_accuracy_vs_eps, plot_bound_vs_attacks, plot_certified
     from .results import read_results
 
-    plot_accuracy_vs_eps(read_results(out_dir / "results.csv"), out_dir)
+    df = read_results(out_dir / "results.csv")
+    plot_accuracy_vs_eps(df, out_dir)
+    plot_bound_vs_attacks(df, out_dir)
+    if (out_dir / "certified.csv").exists():
+        plot_certified(pd.read_csv(out_dir / "certified.csv"), df, out_dir)
     return write_report(out_dir)
 
 
@@ -459,6 +469,8 @@ def unit_cells(
 ) -> list[dict[str, Any]]:
     """The rows one (setting, split, extractor, seed) unit writes, in ``_run_seed``'s order."""
     cells: list[tuple[AttackSpec | None, str, float]] = [(None, "-", eps) for eps in cfg.eps]
+    if "loss" in cfg.bounds:
+        cells += [(BOUND, "feature", eps) for eps in cfg.eps]
     for spec in cfg.attacks:
         for regime in attack_regimes(spec, cfg):
             cells += [(spec, regime, eps) for eps in cfg.eps]
@@ -508,6 +520,7 @@ def _run_seed(
             row["seconds"] = time.perf_counter() - t0
             store.append(row)
             reporter.advance()
+    reporter.advance(bound_rows(prep, cfg, defenses, store, memo, identity))
     for spec in cfg.attacks:
         info = get_attack(spec.name)
         for regime in attack_regimes(spec, cfg):
