@@ -275,3 +275,47 @@ def test_dpa_partition_is_by_content_and_votes_count_every_part():
     pred, radius = certify(counts)
     acc = certified_accuracy(pred, radius, digits.test.y[:50], [0, 1, 2, 4])
     assert acc == sorted(acc, reverse=True) and acc[0] > 0.5
+
+
+# --- the runner -------------------------------------------------------------------------------
+
+
+def test_run_writes_bound_rows_train_loss_and_certified_csv(tmp_path, tiny_config):
+    import pandas as pd
+
+    from poisonprobe.experiment.runner import run
+
+    cfg = {
+        **tiny_config,
+        "attacks": ["label-flip", {"name": "min-max", "steps": 40}],
+        "defenses": ["none", "sphere"],
+        "bounds": ["loss", "dpa"],
+        "dpa_k": [3, 7],
+    }
+    df = run(cfg, out=tmp_path, quiet=True)
+    bound = df[df["attack"] == "bound"]
+    assert len(bound) == 2 and set(bound["defense"]) == {"none", "sphere"}
+    assert bound["regime"].eq("feature").all()
+    rest = df[df["attack"] != "bound"]
+    assert rest["train_loss"].notna().all()
+    for d in ("none", "sphere"):
+        b = float(bound.loc[bound["defense"] == d, "bound_loss"].iloc[0])
+        clean = float(
+            rest.loc[(rest["attack"] == "none") & (rest["defense"] == d), "train_loss"].iloc[0]
+        )
+        assert b > clean
+    # the min-max poisons under defence none are feature-box poisons: the bound holds
+    mm = rest[(rest["attack"] == "min-max") & (rest["defense"] == "none")]
+    assert float(mm["train_loss"].iloc[0]) <= float(
+        bound.loc[bound["defense"] == "none", "bound_loss"].iloc[0]
+    )
+    cert = pd.read_csv(tmp_path / "certified.csv")
+    assert list(cert.columns) == ["setting", "extractor", "k", "radius", "certified_acc"]
+    assert set(cert["k"]) == {3, 7}
+    for _, g in cert.groupby("k"):
+        assert g["certified_acc"].is_monotonic_decreasing
+    assert (tmp_path / "certified_finetune_smallcnn-simclr.png").exists()
+    assert any(p.name.startswith("bound_vs_eps") for p in tmp_path.glob("*.png"))
+    assert "Certified loss bound" in (tmp_path / "report.md").read_text()
+    again = run(cfg, out=tmp_path, quiet=True)  # resume: nothing duplicated
+    assert len(again) == len(df)
