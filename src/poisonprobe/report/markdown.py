@@ -65,7 +65,7 @@ def bound_table(df: pd.DataFrame) -> pd.DataFrame:
                 "–",
             )
         )
-        clean = g[g["attack"] == "none"]["train_loss"].mean()
+        clean = b["train_loss"].mean()  # bound rows carry the unpoisoned head's loss
         out.append(
             {
                 **dict(zip(keys, key, strict=True)),
