@@ -1484,6 +1484,45 @@ def _cases() -> list[Case]:
         "distinct",
         lambda d: run_cfg(d, {"extractor": {"seed": [1, 1]}}),
     )
+    # --- certified bounds
+    add(
+        "bounds: loss with a defence it cannot model",
+        "`bounds: [loss]`, `defenses: [knn]`",
+        "knn",
+        lambda d: run_cfg(d, {**data_cfg("digits"), "bounds": ["loss"], "defenses": ["knn"]}),
+    )
+    add(
+        "bounds: loss with the loss filter",
+        "`poisonprobe certify` with `defenses: [sphere+loss]`",
+        "loss",
+        lambda d: ["certify", write(d, "c.yaml", "defenses: [sphere+loss]\n"), "-q"],
+    )
+    add(
+        "bounds: loss with an SGD victim",
+        "`bounds: [loss]`, `victim: {solver: sgd}`",
+        "lbfgs",
+        lambda d: run_cfg(
+            d, {**data_cfg("digits"), "bounds": ["loss"], "victim": {"solver": "sgd"}}
+        ),
+    )
+    add(
+        "bounds: unknown bound",
+        "`bounds: [l2]`",
+        "bounds",
+        lambda d: run_cfg(d, {**data_cfg("digits"), "bounds": ["l2"]}),
+    )
+    add(
+        "bounds: dpa_k below 2",
+        "`bounds: [dpa]`, `dpa_k: [1]`",
+        "dpa_k",
+        lambda d: run_cfg(d, {**data_cfg("digits"), "bounds": ["dpa"], "dpa_k": [1]}),
+    )
+    add(
+        "bounds: dpa_k above N",
+        "`bounds: [dpa]`, `dpa_k: [100000]` on digits (N = 1347)",
+        "dpa_k",
+        lambda d: run_cfg(d, {**data_cfg("digits"), "bounds": ["dpa"], "dpa_k": [100000]}),
+    )
     return c
 
 

@@ -114,6 +114,26 @@ def drop_tables(df) -> list[tuple[str, Table]]:
 
 
 @app.command()
+def certify(
+    config: Path | None = typer.Argument(None, help="YAML config (default: the embedded one)"),
+    out: Path = typer.Option(Path("runs/certify"), "--out", "-o", help="output folder"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log every stage"),
+) -> None:
+    """Only the certified bounds (bounds: [loss, dpa]; both if the config lists none)."""
+    from .experiment.certify_cmd import certify_only
+    from .experiment.results import read_results
+    from .report.markdown import bound_table, markdown_table
+
+    _setup_logging(verbose)
+    out_dir = certify_only(config, out=out, quiet=quiet)
+    table = bound_table(read_results(out_dir / "results.csv"))
+    if not table.empty:
+        console.print(markdown_table(table.drop(columns=["best attack", "its loss"])))
+    console.print(f"wrote {out_dir / 'results.csv'}, {out_dir / 'report.md'}")
+
+
+@app.command()
 def datasets() -> None:
     """List the datasets that configs may name."""
     from .data import dataset_names

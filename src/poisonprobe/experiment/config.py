@@ -315,6 +315,8 @@ class Config(Strict):
     device: str = "auto"
     batch_size: Int = Field(512, ge=1)
     save_poisons: StrictBool = True  # keep each PoisonSet under OUT/poisons/ for `export`
+    bounds: list[Literal["loss", "dpa"]] = Field(default_factory=list)  # certified bounds
+    dpa_k: list[Int] = Field(default_factory=lambda: [10, 50])  # DPA partition counts
 
     @field_validator("eps", "seeds", "split_seeds", "regimes", "settings", mode="before")
     @classmethod
@@ -438,7 +440,27 @@ class Config(Strict):
         names = [s.name for s in self.settings]
         if len(set(names)) != len(names):
             raise ValueError("two settings share a name; names key the results")
+        self._check_bounds()
         return self
+
+    def _check_bounds(self) -> None:
+        """What the certified bounds cannot cover, refused before any work."""
+        from ..bounds.feasible import check_modellable
+        from ..defenses import parse_defense
+
+        if "dpa" in self.bounds:
+            for k in self.dpa_k:
+                if k < 2:
+                    raise ValueError(f"dpa_k={k} must be >= 2 (parts of the training set)")
+        if "loss" not in self.bounds:
+            return
+        if self.victim.solver != "lbfgs":
+            raise ValueError(
+                "bounds: loss certifies the exact victim; set victim.solver: lbfgs "
+                "(SGD does not reach the minimiser the bound is about) or drop 'loss'"
+            )
+        for spec in self.defenses:
+            check_modellable(parse_defense(spec))
 
     @property
     def extractors(self) -> list[ExtractorConfig]:

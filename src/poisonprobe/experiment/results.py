@@ -69,6 +69,9 @@ COLUMNS = [
     "attack_steps",
     "converged",
     "victim",
+    "train_loss",
+    "bound_loss",
+    "bound_error",
     "info",
 ]
 

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from ..attacks import AttackContext, PoisonSet, get_attack
+from ..bounds.loss_bound import clean_loss
 from ..data import DatasetSplits, load_dataset
 from ..data.base import check_images, images_in_box
 from ..data.loaders.features import is_embedding_domain, is_features_spec
@@ -30,6 +31,7 @@ from ..extractors.zoo import build_zoo_extractor, check_zoo_weights, passthrough
 from ..progress import Reporter
 from ..threads import single_thread_if_small
 from ..victim import LinearHead, VictimConfig, resolve_victim, train_head
+from .certify import BOUND, bound_rows, check_bounds_data, dpa_rows
 from .config import AttackSpec, Config, ExtractorConfig, SettingConfig, load_config
 from .plan import cell_id, check_same_experiment, config_id
 from .results import ResultsStore, atomic_write_text, discard_if_failed
@@ -165,6 +167,7 @@ def prepare(
         check_zoo_weights(ext_cfg.arch, ext_cfg.weights)  # offline: fail before loading data
     if is_features_spec(setting.target):
         target, ext, path, sha, seconds = load_embeddings(setting, cfg, reporter)
+        check_bounds_data(cfg, len(target.train))
         feature_cache = EmbeddingCache()
     else:
         source = load_dataset(setting.source, cfg.data_root, split_seed, download=cfg.download)
@@ -175,6 +178,7 @@ def prepare(
                 f"{source.domain.shape} but target {setting.target} has {target.domain.shape}; "
                 "choose datasets of one shape (or resize one of them)"
             )
+        check_bounds_data(cfg, len(target.train))  # before pre-training
         ext, path, sha, seconds = obtain_extractor(ext_cfg, source, device, reporter)
         if ext.domain != target.domain:
             # the extractor normalises with the source statistics: what a transfer user gets
@@ -302,6 +306,7 @@ def evaluate(
     start = victim_start(vcfg, prep.clean_head)
     head = train_head(ts.z[keep], ts.y[keep], k, vcfg, **start)
     acc = head.accuracy(prep.z_test, prep.target.test.y.to(prep.z_test.device))
+    y_train = prep.target.train.y.to(prep.z_train.device)
     n_poison = int(ts.is_poison.sum())
     n_clean = int((~ts.is_poison).sum())
     return {
@@ -312,6 +317,7 @@ def evaluate(
         else float("nan"),
         "clean_removed": int((~ts.is_poison & ~keep).sum()) / max(n_clean, 1),
         "victim": vcfg.label,
+        "train_loss": clean_loss(head, prep.z_train, y_train),  # what the loss bound bounds
     }
 
 
@@ -426,6 +432,7 @@ def _run(
         prep = prepare(setting, ext_cfg, cfg, device, reporter, feature_cache, split_seed)
         for seed in cfg.seeds:
             check_no_conflicts(store, unit_cells(prep, cfg, seed, defenses, device), add)
+        dpa_rows(prep, cfg, out_dir)
         manifest["settings"].append(_setting_record(prep))
         atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2))
         return prep
@@ -475,12 +482,20 @@ def check_no_conflicts(store: ResultsStore, planned: list[dict[str, Any]], add: 
 def finish_report(out_dir: Path) -> Path:
     """Plots from results.csv, then report.md linking every figure in the folder."""
     from ..report.markdown import write_report
-    from ..report.plots import plot_accuracy_vs_eps, plot_objective_traces
+    from ..report.plots import (
+        plot_accuracy_vs_eps,
+        plot_bound_vs_attacks,
+        plot_certified,
+        plot_objective_traces,
+    )
     from .results import read_results
 
     df = read_results(out_dir / "results.csv")
     plot_accuracy_vs_eps(df, out_dir)
     plot_objective_traces(df, out_dir)
+    plot_bound_vs_attacks(df, out_dir)
+    if (out_dir / "certified.csv").exists():
+        plot_certified(pd.read_csv(out_dir / "certified.csv"), df, out_dir)
     return write_report(out_dir)
 
 
@@ -542,6 +557,8 @@ def unit_cells(
 ) -> list[dict[str, Any]]:
     """The rows one (setting, split, extractor, seed) unit writes, in ``_run_seed``'s order."""
     cells: list[tuple[AttackSpec | None, str, float]] = [(None, "-", eps) for eps in cfg.eps]
+    if "loss" in cfg.bounds:
+        cells += [(BOUND, "feature", eps) for eps in cfg.eps]
     for spec in cfg.attacks:
         for regime in attack_regimes(spec, cfg):
             cells += [(spec, regime, eps) for eps in cfg.eps]
@@ -592,6 +609,7 @@ def _run_seed(
             row["seconds"] = time.perf_counter() - t0
             store.append(row)
             reporter.advance()
+    reporter.advance(bound_rows(prep, cfg, defenses, store, memo, identity))
     for spec in cfg.attacks:
         info = get_attack(spec.name)
         for regime in attack_regimes(spec, cfg):

@@ -62,6 +62,7 @@ def drop_table(df: pd.DataFrame, value: str = "drop") -> pd.DataFrame:
     test images, ``[lo, hi]``.
     """
     keys = table_keys(df)
+    df = df[df["attack"] != "bound"]  # certified-bound rows have no accuracy (bound_table)
     eps_values = sorted(df["eps"].unique())
     out = []
     for key, group in df.groupby(keys, sort=False):
@@ -78,7 +79,7 @@ def noise_level_cells(df: pd.DataFrame, images: int = NOISE_IMAGES) -> pd.DataFr
     """Attacked cells whose mean drop is within ``images`` test images of zero."""
     rows = []
     keys = ["setting", "extractor", "attack", "regime", "defense", "eps"]
-    attacked = df[df["attack"] != "none"]
+    attacked = df[~df["attack"].isin(["none", "bound"])]
     for key, group in attacked.groupby(keys, sort=False):
         n = n_test_of(group)
         drop = float(group["drop"].mean())
@@ -104,6 +105,41 @@ def noise_warning(df: pd.DataFrame) -> list[str]:
         f"{listed}",
         "",
     ]
+
+
+def bound_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (setting, extractor, defence, eps): the certified loss bound, the best attack's
+    clean-train loss (and which attack), and the implied error bound."""
+    if "bound_loss" not in df or not (df["attack"] == "bound").any():
+        return pd.DataFrame()
+    out = []
+    keys = ["setting", "extractor", "defense", "eps"]
+    for key, g in df.groupby(keys, sort=False):
+        b = g[g["attack"] == "bound"]
+        if b.empty:
+            continue
+        att = g[~g["attack"].isin(["bound", "none"])].dropna(subset=["train_loss"])
+        att = att.groupby(["attack", "regime"])["train_loss"].mean()
+        best = (
+            (f"{att.idxmax()[0]} [{att.idxmax()[1]}]", f"{att.max():.3f}")
+            if len(att)
+            else (
+                "–",
+                "–",
+            )
+        )
+        clean = b["train_loss"].mean()  # bound rows carry the unpoisoned head's loss
+        out.append(
+            {
+                **dict(zip(keys, key, strict=True)),
+                "clean loss": f"{clean:.3f}",
+                "best attack": best[0],
+                "its loss": best[1],
+                "bound_loss": f"{b['bound_loss'].mean():.3f}",
+                "bound_error": f"{b['bound_error'].mean() * 100:.1f}%",
+            }
+        )
+    return pd.DataFrame(out)
 
 
 def summary_text(df: pd.DataFrame) -> str:
@@ -183,6 +219,29 @@ def write_report(out_dir: str | Path) -> Path:
         markdown_table(drop_table(df, "poisoned_acc")),
         "",
     ]
+    bounds = bound_table(df)
+    if not bounds.empty:
+        lines += [
+            "## Certified loss bound vs attacks (clean-train CE of the retrained head)",
+            "",
+            "`bound_loss` upper-bounds the clean-train loss of the victim retrained on clean ∪ "
+            "ANY feasible poison set of that size (feature box ∩ the oracle defence; "
+            "Steinhardt et al. 2017); `bound_error` = min(1, bound_loss / log 2).",
+            "",
+            markdown_table(bounds),
+            "",
+        ]
+    certified = out_dir / "certified.csv"
+    if certified.exists():
+        cert = pd.read_csv(certified)
+        cert = cert[cert["radius"].isin([0, 1, 5, 10, 25])].copy()
+        cert["certified_acc"] = (cert["certified_acc"] * 100).round(1)
+        lines += [
+            "## DPA certified accuracy (%) by radius (inserted/removed points)",
+            "",
+            markdown_table(cert),
+            "",
+        ]
     if "defense" in df and (df["defense"] != "none").any():
         rem = df[df["defense"] != "none"].copy()
         lines += [

@@ -43,7 +43,7 @@ def plot_accuracy_vs_eps(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(8.6, 4.6))
         clean = g["clean_acc"].iloc[0]
         ax.axhline(clean * 100, color="black", lw=1, ls="--", label="clean")
-        attacks = g[g["attack"] != "none"]
+        attacks = g[~g["attack"].isin(["none", "bound"])]
         styles = attack_styles(list(dict.fromkeys(attacks["attack"])))
         for (attack, regime), ga in attacks.groupby(["attack", "regime"], sort=False):
             eps = sorted(ga["eps"].unique())
@@ -123,6 +123,68 @@ def plot_objective_traces(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         path = out_dir / _safe(f"objective_vs_step_{setting}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_bound_vs_attacks(df: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per (setting, extractor, defence) with bound rows: every attack's clean-train loss
+    (``train_loss``) and the certified upper bound ``bound_loss`` against eps."""
+    paths: list[Path] = []
+    if "bound_loss" not in df or "train_loss" not in df or not (df["attack"] == "bound").any():
+        return paths
+    for (setting, extractor, defense), g in df.groupby(["setting", "extractor", "defense"]):
+        bound = g[g["attack"] == "bound"].groupby("eps")["bound_loss"].mean()
+        if bound.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        ax.plot(bound.index, bound.values, "k-", lw=2.5, marker="s", label="certified bound")
+        for (attack, regime), ga in g[g["attack"] != "bound"].groupby(["attack", "regime"]):
+            loss = ga.groupby("eps")["train_loss"].mean().dropna()
+            if not loss.empty:
+                ls = "--" if attack == "none" else "-"
+                ax.plot(loss.index, loss.values, ls=ls, marker="o", label=f"{attack} [{regime}]")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("poison budget eps")
+        ax.set_ylabel("clean-train CE of the retrained head")
+        ax.set_title(f"{setting} · {extractor} · defence {defense}: attacks vs bound")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = out_dir / _safe(f"bound_vs_eps_{setting}_{extractor}_{defense}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_certified(certified: pd.DataFrame, df: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per (setting, extractor): DPA certified accuracy vs radius for each k, and each
+    attack's poisoned test accuracy (defence none) at radius = its number of poisons."""
+    paths = []
+    for (setting, extractor), g in certified.groupby(["setting", "extractor"]):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for k, gk in g.groupby("k"):
+            ax.step(gk["radius"], gk["certified_acc"] * 100, where="post", label=f"DPA k={k}")
+        mine = df[(df["setting"] == setting) & (df["extractor"] == extractor)]
+        hit = mine[~mine["attack"].isin(["none", "bound"]) & (mine["defense"] == "none")]
+        if not hit.empty:
+            ax.scatter(
+                hit["n_poison"],
+                hit["poisoned_acc"] * 100,
+                s=12,
+                c="grey",
+                label="attacks (head, defence none)",
+            )
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("inserted/removed training points (certified radius)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{setting} · {extractor}: DPA certified accuracy")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / _safe(f"certified_{setting}_{extractor}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
