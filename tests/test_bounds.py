@@ -184,9 +184,9 @@ def tiny_extractor(domain) -> Extractor:
 
 
 FAST = {
-    "ft-ideal": dict(steps=60, max_tries=1, gradpc_steps=10),
-    "ft-feasible": dict(steps=60, max_tries=1, gradpc_steps=10),
-    "tgda-feature": dict(leader_steps=8),
+    "ft-ideal": dict(max_steps=60, max_tries=1, gradpc_steps=10),
+    "ft-feasible": dict(max_steps=60, max_tries=1, gradpc_steps=10),
+    "tgda-feature": dict(max_steps=8),
     "label-flip": {},
     "min-max": dict(steps=150),
 }

@@ -158,3 +158,26 @@ def test_split_seeds_resplit_digits_and_refuse_fixed_splits(tmp_path, small):
     assert sorted(df["split_seed"].unique()) == [0, 1]
     per_split = df[df["attack"] == "none"].groupby("split_seed")["clean_acc"].first()
     assert per_split[0] != per_split[1]  # another test set, another clean accuracy
+
+
+def test_shared_stages_are_billed_to_every_attack_that_uses_them(tmp_path, small):
+    cfg = dict(small, attacks=["ft-ideal", "ft-feasible"], eps=[0.1])
+    df = runner.run(cfg, out=tmp_path, quiet=True).set_index("attack")
+    ideal, feasible = df.loc["ft-ideal"], df.loc["ft-feasible"]
+    # ft-ideal computed FT stages 1-2 (inside its own time); ft-feasible reused them: both
+    # rows say what the shared stages cost, none claims the work was free
+    assert ideal["shared_seconds"] > 0 and feasible["shared_seconds"] > 0
+    assert feasible["shared_seconds"] >= ideal["shared_seconds"] * 0.99
+    assert ideal["attack_seconds"] >= ideal["shared_seconds"]
+
+
+def test_shared_work_memo_counts_each_use():
+    from poisonprobe.shared_work import SharedWork, shared
+
+    memo, calls = SharedWork(), []
+    assert shared(memo, "k", lambda: calls.append(1) or 7) == 7
+    assert shared(memo, "k", lambda: calls.append(1) or 8) == 7 and calls == [1]
+    spent = memo.take_used()
+    assert spent == memo.seconds["k"] and memo.take_used() == 0.0
+    plain: dict = {}
+    assert shared(plain, "k", lambda: 3) == 3 and plain == {"k": 3}

@@ -63,7 +63,7 @@ def test_image_attack_through_an_extractor():
     digits = load_dataset("digits")
     x, y = digits.train.x[:60], digits.train.y[:60]
     ext = build_extractor("smallcnn", digits.domain, width=4, feature_dim=16, grid=2).eval()
-    poison = poisonprobe.attack("gc-input", extractor=ext, train=(x, y), eps=0.05, steps=2)
+    poison = poisonprobe.attack("gc-input", extractor=ext, train=(x, y), eps=0.05, max_steps=2)
     assert poison.x.shape == (3, 1, 8, 8)
     assert poison.x.min() >= 0 and poison.x.max() <= 1  # box regime by default
 

@@ -83,7 +83,7 @@ def test_zoo_model_through_feature_and_input_attacks(lib, tiny_models, digits):
     feat = poisonprobe.attack("ft-feasible", extractor=ext, train=(x, y), eps=0.1)
     assert feat.z.shape == (4, dim) and torch.isfinite(feat.z).all()
     img = poisonprobe.attack(
-        "gc-input", extractor=ext, train=(x, y), eps=0.1, steps=2, target="gradpc"
+        "gc-input", extractor=ext, train=(x, y), eps=0.1, max_steps=2, target="gradpc"
     )
     assert img.x.shape == (4, 1, 8, 8) and img.x.min() >= 0 and img.x.max() <= 1
     assert (img.x - x[img.base_idx]).abs().max() > 0  # gradients reached the pixels

@@ -17,6 +17,7 @@ from torch import nn
 from ..data.base import ImageDataset
 from ..domain import InputDomain
 from ..errors import ConfigError, check_eps
+from ..shared_work import SharedWork
 from ..victim import LinearHead, VictimConfig, resolve_victim, train_head
 from ._optim import StopRule
 
@@ -95,7 +96,8 @@ class AttackContext:
     threat: ThreatModel
     seed: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    memo: dict[str, Any] = field(default_factory=dict)  # shared across attacks of one setting+seed
+    # work shared across the attacks of one (setting, extractor, seed), billed once
+    memo: dict[str, Any] = field(default_factory=SharedWork)
     progress: Callable[..., Iterable] = identity_progress
     batch_size: int = 512
 
@@ -178,7 +180,7 @@ class AttackContext:
             threat=threat,
             seed=seed,
             device=device,
-            memo={} if memo is None else memo,
+            memo=SharedWork() if memo is None else memo,
             progress=progress,
             batch_size=batch_size,
         )

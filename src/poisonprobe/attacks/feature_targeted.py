@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..shared_work import shared
 from ..victim import LinearHead, VictimConfig, train_head
 from ._optim import stop_rule
 from .base import (
@@ -272,7 +273,8 @@ def _inversion_source(ctx: AttackContext, source: str, pick: _Pick) -> _Source:
 def _feature_source(ctx: AttackContext, name: str) -> _Source:
     """Run a feature-regime attack once per (seed, eps) and verify it by retraining."""
     key = ("ft/source", name, id(ctx.z_train), ctx.seed, ctx.threat.eps)
-    if key not in ctx.memo:
+
+    def compute() -> _Source:
         sub = replace(ctx, threat=replace(ctx.threat, regime="feature"))
         poison = get_attack(name).fn(sub)
         if poison.z is None or poison.replace_idx is not None:
@@ -294,8 +296,9 @@ def _feature_source(ctx: AttackContext, name: str) -> _Source:
             start_x = ctx.train.x[idx]
         keep = ("attack_objective", "attack_steps", "converged", "restarts", "val_loss")
         info = {f"source_{k}": poison.info[k] for k in keep if k in poison.info}
-        ctx.memo[key] = _Source(name, z_p, y_p, start_x, idx, victim.accuracy(zc, yc), info)
-    return ctx.memo[key]
+        return _Source(name, z_p, y_p, start_x, idx, victim.accuracy(zc, yc), info)
+
+    return shared(ctx.memo, key, compute)
 
 
 def _stage2_summary(res: FeatureGCResult) -> dict[str, Any]:
@@ -415,12 +418,14 @@ def _exact(ctx: AttackContext, max_iter: int | None = None, tol: float | None = 
 
 def _stage12(ctx: AttackContext, p: dict[str, Any]) -> _Stage12:
     key = ("ft/stage12", id(ctx.z_train), ctx.seed, ctx.threat.eps, tuple(sorted(p.items())))
-    if key not in ctx.memo:
+
+    def compute() -> _Stage12:
         from ..threads import single_thread_if_small
 
         with single_thread_if_small(ctx.z_train.numel(), ctx.z_train.device):
-            ctx.memo[key] = _compute_stage12(ctx, p)  # thousands of small head-sized ops
-    return ctx.memo[key]
+            return _compute_stage12(ctx, p)  # thousands of small head-sized ops
+
+    return shared(ctx.memo, key, compute)
 
 
 def _compute_stage12(ctx: AttackContext, p: dict[str, Any]) -> _Stage12:
@@ -635,7 +640,8 @@ def _radius_for_accuracy(ctx: AttackContext, p: dict[str, Any], unit: float) -> 
 def _decoder(ctx: AttackContext, steps: int) -> tuple[Decoder, float]:
     """The decoder for this extractor (trained once per extractor and seed) and its seconds."""
     key = ("ft/decoder", id(ctx.extractor), ctx.seed, steps)
-    if key not in ctx.memo:
+
+    def compute() -> tuple[Decoder, float]:
         t0 = time.perf_counter()
         dec = train_decoder(
             ctx.extractor,
@@ -645,8 +651,9 @@ def _decoder(ctx: AttackContext, steps: int) -> tuple[Decoder, float]:
             steps=steps,
             seed=_stable_hash(f"{ctx.seed}|ft-decoder") % (2**31),
         )
-        ctx.memo[key] = (dec, time.perf_counter() - t0)
-    return ctx.memo[key]
+        return dec, time.perf_counter() - t0
+
+    return shared(ctx.memo, key, compute)
 
 
 def _register(name: str, variant: str, regimes: tuple[str, ...], description: str) -> None:

@@ -16,11 +16,13 @@ from collections.abc import Callable
 import torch
 
 from ..errors import ConfigError
-from ..victim import LinearHead, VictimConfig, gradient_sums
+from ..shared_work import shared
+from ..victim import LinearHead, VictimConfig
 from ._optim import Plateau, stop_rule
 from .base import AttackContext, PoisonSet, register_attack
 from .baselines import most_confusable_labels
 from .gc_objective import clean_gradient, gc_loss
+from .gradpc import gradpc
 
 # ---------------------------------------------------------------------------------------------
 # shared helpers (also used by tgda.py and emn.py)
@@ -158,36 +160,8 @@ class PixelOptimizer:
 
 
 # ---------------------------------------------------------------------------------------------
-# stage-1 target head (local fallback until attacks/gradpc.py lands)
+# stage-1 target head: GradPC (attacks/gradpc.py), the one implementation FT uses too
 # ---------------------------------------------------------------------------------------------
-
-
-def _clean_loss_grad(head: LinearHead, z: torch.Tensor, y: torch.Tensor, wd: float):
-    gw, gb = gradient_sums(head, z, y)
-    n = z.shape[0]
-    return torch.cat([(gw / n + wd * head.weight).reshape(-1), gb / n])
-
-
-def gradpc_ascent(
-    head: LinearHead,
-    z: torch.Tensor,
-    y: torch.Tensor,
-    wd: float,
-    radius: float,
-    steps: int = 100,
-) -> LinearHead:
-    """METHOD.md stage 1: normalised gradient ascent from ``head`` inside an L2 ball."""
-    w0 = head.flat().detach()
-    a = torch.zeros_like(w0)
-    lr = 2.5 * radius / steps
-    k, d = head.weight.shape
-    for _ in range(steps):
-        g = _clean_loss_grad(LinearHead.from_flat(w0 + a, k, d), z, y, wd)
-        a = a + lr * g / g.norm().clamp_min(1e-30)
-        norm = a.norm()
-        if norm > radius:
-            a = a * (radius / norm)
-    return LinearHead.from_flat(w0 + a, k, d)
 
 
 def _reach_ratio(
@@ -207,22 +181,19 @@ def _reach_ratio(
 def target_head(
     ctx: AttackContext, radius: float = 0.05, steps: int = 100
 ) -> tuple[LinearHead, dict[str, float]]:
-    """Target head ŵ for GC: GradPC with an L2 radius relative to ``||w0||`` (memoised).
-
-    A local fallback for FT stage 1 until ``attacks/gradpc.py``'s target search is wired in;
-    the reachability ratio (see ``_reach_ratio``) is reported, not enforced.
-    """
+    """Target head ŵ for GC: GradPC with an L2 radius relative to ``||w0||`` (memoised);
+    the reachability ratio (see ``_reach_ratio``) is reported, not enforced."""
     if not radius > 0:
         raise ConfigError(f"gc-input radius={radius} must be > 0 (relative to ||w0||, e.g. 0.05)")
     key = ("gc-input/target", radius, steps)
-    if key not in ctx.memo:
+
+    def compute() -> LinearHead:
         z = ctx.z_train
         y = ctx.train.y.to(z.device)
         head = ctx.clean_head.to(z.device, torch.float64)
-        ctx.memo[key] = gradpc_ascent(
-            head, z, y, ctx.victim.weight_decay, radius * float(head.flat().norm()), steps
-        )
-    target = ctx.memo[key]
+        return gradpc(head, z, y, radius * float(head.flat().norm()), "l2", steps)
+
+    target = shared(ctx.memo, key, compute)
     z, y = ctx.z_train, ctx.train.y.to(ctx.z_train.device)
     meta = {
         "target_radius": radius,
@@ -242,14 +213,15 @@ def induced_target(ctx: AttackContext) -> tuple[LinearHead, dict[str, float], Po
     from .tgda import tgda_feature
 
     key = ("gc-input/tgda-feature-target", ctx.threat.eps, ctx.threat.regime)
-    if key not in ctx.memo:
+
+    def compute() -> tuple[LinearHead, PoisonSet]:
         ps = tgda_feature(ctx)
         assert ps.z is not None
         z = torch.cat([ctx.z_train, ps.z.to(ctx.z_train)])
         y = torch.cat([ctx.train.y, ps.y]).to(z.device)
-        head = newton_solve(ctx.clean_head, z, y, ctx.victim.weight_decay, tol=1e-9)
-        ctx.memo[key] = (head, ps)
-    head, ps = ctx.memo[key]
+        return newton_solve(ctx.clean_head, z, y, ctx.victim.weight_decay, tol=1e-9), ps
+
+    head, ps = shared(ctx.memo, key, compute)
     z, y = ctx.z_train, ctx.train.y.to(ctx.z_train.device)
     meta = {
         "target_acc": head.accuracy(z, y),

@@ -590,12 +590,8 @@ def _invert(
     ctx: AttackContext, z_target: torch.Tensor, idx: torch.Tensor, steps: int
 ) -> tuple[torch.Tensor, float]:
     """Feature matching from the clean start images (``attacks/inversion.py``), in the box."""
-    try:
-        from .inversion import feature_match
-    except ImportError:
-        raise ConfigError(
-            "tgda-feature invert='feature-match' needs attacks/inversion.py; use invert='none'"
-        ) from None
+    from .inversion import feature_match
+
     start = ctx.train.x[idx].to(ctx.device)
     res = feature_match(
         ctx.extractor,

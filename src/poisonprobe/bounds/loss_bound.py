@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..defenses.base import DefenseSpec
+from ..shared_work import shared
 from ..victim import LinearHead
 from .feasible import FeasibleSet, max_linear, oracle_feasible_set
 
@@ -195,7 +196,9 @@ def shared_minimax(
     steps, lr) and shared through ``memo``: the bound rows and the ``min-max`` attack of one
     (setting, extractor, seed) read the same loop."""
     key = ("minimax", spec.label, round(eps, 10), n_poison, steps, lr)
-    if key not in memo:
+
+    def compute() -> MinimaxResult:
         fs = oracle_feasible_set(z, y, n_classes, spec, eps)
-        memo[key] = minimax(z, y, n_classes, weight_decay, n_poison, fs, init, steps, lr)
-    return memo[key]
+        return minimax(z, y, n_classes, weight_decay, n_poison, fs, init, steps, lr)
+
+    return shared(memo, key, compute)

@@ -57,6 +57,7 @@ COLUMNS = [
     "eps_needed",
     "seconds",
     "attack_seconds",
+    "shared_seconds",
     "stages",
     "cell_id",
     "config_id",

@@ -29,6 +29,7 @@ from ..errors import ConfigError, DataError, PoisonProbeError, check_device
 from ..extractors import Extractor
 from ..extractors.zoo import build_zoo_extractor, check_zoo_weights, passthrough_extractor
 from ..progress import Reporter
+from ..shared_work import SharedWork
 from ..threads import single_thread_if_small
 from ..victim import LinearHead, VictimConfig, resolve_victim, train_head
 from .certify import BOUND, bound_rows, check_bounds_data, dpa_rows
@@ -582,7 +583,7 @@ def _run_seed(
     run_id: str = "",
 ) -> None:
     """Every cell of one seed; cells whose ``cell_id`` ``store`` already has are skipped."""
-    memo: dict[str, Any] = {}
+    memo = SharedWork()  # FT stages, decoder, targets, minimax: computed once, billed visibly
     figures = seed == cfg.seeds[0] and prep.split_seed == cfg.split_seeds[0]
     projected: dict[str, torch.Tensor] = {}
     base = {
@@ -636,6 +637,7 @@ def _run_seed(
                     batch_size=cfg.batch_size,
                 )
                 torch.manual_seed(seed)
+                memo.take_used()  # bill this attack only for the shared work it uses
                 t0 = time.perf_counter()
                 threads = (  # feature attacks do head-sized ops only: one thread is faster
                     single_thread_if_small(prep.z_train.numel(), prep.z_train.device)
@@ -645,6 +647,7 @@ def _run_seed(
                 with threads:
                     poison = info.fn(ctx, **spec.params)
                 attack_seconds = time.perf_counter() - t0
+                shared_seconds = memo.take_used()
                 ts = build_training_set(prep, poison, cfg.batch_size)
                 if cfg.save_poisons:
                     from .export import poison_file, save_poisons
@@ -659,6 +662,7 @@ def _run_seed(
                     row.update(
                         n_poison=len(poison),
                         attack_seconds=attack_seconds,
+                        shared_seconds=shared_seconds,
                         seconds=attack_seconds + time.perf_counter() - t1,
                         target_acc=poison.info.get("target_acc"),
                         gc_objective=poison.info.get("gc_objective"),
