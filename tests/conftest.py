@@ -75,3 +75,33 @@ def tiny_config() -> dict:
     import copy
 
     return copy.deepcopy(TINY)
+
+
+class TinyNet(torch.nn.Module):
+    """Conv → ReLU → avg-pool: non-negative features like the real extractors, but fast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.feature_dim = 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv((x - 0.3) / 0.4)).mean(dim=(2, 3))
+
+
+def tiny_setup(n: int):
+    """The first ``n`` digits training images, a frozen TinyNet, their features and the
+    exact clean head: the small attack set-up the attack tests share."""
+    from poisonprobe.data import load_dataset
+    from poisonprobe.victim import VictimConfig, train_head
+
+    train = load_dataset("digits").train.subset(torch.arange(n), name="digits-tiny")
+    ext = TinyNet().eval()
+    for p in ext.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        z = ext(train.x)
+    victim = VictimConfig()
+    head = train_head(z, train.y, train.n_classes, victim)
+    return train, ext, z, head, victim

@@ -8,16 +8,14 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from conftest import tiny_setup
 
 from poisonprobe.attacks import AttackContext, ThreatModel, get_attack
 from poisonprobe.attacks._feasible import defense_feasible_set
 from poisonprobe.attacks._optim import Plateau, StopRule, stop_rule
-from poisonprobe.data import load_dataset
 from poisonprobe.defenses import DefenseInput, apply_defense, parse_defense
 from poisonprobe.errors import ConfigError
 from poisonprobe.experiment.config import parse_config
-from poisonprobe.victim import VictimConfig, train_head
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -143,31 +141,9 @@ def test_bad_values_are_refused_when_the_config_is_parsed(entry, needle):
 # ------------------------------------------------------------------------------ attacks
 
 
-class TinyNet(nn.Module):
-    """Conv → ReLU → avg-pool: non-negative features like the real extractors, but fast."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(1, 16, 3, padding=1)
-        self.feature_dim = 16
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv((x - 0.3) / 0.4)).mean(dim=(2, 3))
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    splits = load_dataset("digits")
-    train = splits.train.subset(torch.arange(300), name="digits-tiny")
-    ext = TinyNet().eval()
-    for p in ext.parameters():
-        p.requires_grad_(False)
-    with torch.no_grad():
-        z = ext(train.x)
-    victim = VictimConfig()
-    head = train_head(z, train.y, train.n_classes, victim)
-    return train, ext, z, head, victim
+    return tiny_setup(300)
 
 
 def _ctx(tiny, eps: float = 0.05, regime: str = "feature") -> AttackContext:

@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 import torch
-from torch import nn
+from conftest import tiny_setup
 
 from poisonprobe.attacks import AttackContext, ThreatModel, get_attack
 from poisonprobe.attacks.gc_input import (
@@ -26,7 +26,6 @@ from poisonprobe.attacks.tgda import (
     total_gradient_surrogate,
     val_loss_and_grad,
 )
-from poisonprobe.data import load_dataset
 from poisonprobe.errors import ConfigError
 from poisonprobe.head_solver import HeadCurvature, conjugate_gradient
 from poisonprobe.victim import LinearHead, VictimConfig, train_head, victim_objective
@@ -174,31 +173,9 @@ def test_follower_steps_approach_exact_solution():
 # ------------------------------------------------------------------------------ attack contracts
 
 
-class TinyNet(nn.Module):
-    """Conv → ReLU → avg-pool: non-negative features like the real extractors, but fast."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(1, 16, 3, padding=1)
-        self.feature_dim = 16
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv((x - 0.3) / 0.4)).mean(dim=(2, 3))
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    splits = load_dataset("digits")
-    train = splits.train.subset(torch.arange(200), name="digits-tiny")
-    ext = TinyNet().eval()
-    for p in ext.parameters():
-        p.requires_grad_(False)
-    with torch.no_grad():
-        z = ext(train.x)
-    victim = VictimConfig()
-    head = train_head(z, train.y, train.n_classes, victim)
-    return train, ext, z, head, victim
+    return tiny_setup(200)
 
 
 def _ctx(
