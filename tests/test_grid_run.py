@@ -59,3 +59,10 @@ def test_cells_counted_equal_rows_written(tmp_path, tiny_config):
     assert set(df["attack"]) == {"none", "label-flip[mode=confusable]", "label-flip[mode=random]"}
     # every row is its own cell: distinct keys, distinct fingerprints
     assert len({row_key(r) for r in df.to_dict("records")}) == len(df) == df["cell_id"].nunique()
+
+
+def test_count_includes_bound_rows(tiny_config):
+    cfg = load_config(dict(tiny_config, bounds=["loss"], eps=[0.03, 0.1]))
+    defenses = [parse_defense(d) for d in cfg.defenses]
+    # per eps: clean + bound + label-flip (box) + random-noise (box)
+    assert _count_cells(cfg, defenses) == 4 * 2

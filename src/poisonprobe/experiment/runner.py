@@ -732,7 +732,7 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
 
 def _count_cells(cfg: Config, defenses: list) -> int:
     """Rows the whole grid writes (one unit's rows, times the units)."""
-    per_eps = 1 + sum(len(attack_regimes(spec, cfg)) for spec in cfg.attacks)
+    per_eps = 1 + ("loss" in cfg.bounds) + sum(len(attack_regimes(s, cfg)) for s in cfg.attacks)
     units = len(cfg.seeds) * len(cfg.settings) * len(cfg.extractors) * len(cfg.split_seeds)
     return per_eps * len(cfg.eps) * len(defenses) * units
 
