@@ -20,7 +20,9 @@ def test_wilson_matches_scipy(k, n):
 
 def test_interval_columns_sit_before_info():
     i = COLUMNS.index("info")
-    assert COLUMNS[i - 2 : i] == ["poisoned_acc_lo", "poisoned_acc_hi"]
+    lo = COLUMNS.index("poisoned_acc_lo")
+    assert COLUMNS[lo : lo + 2] == ["poisoned_acc_lo", "poisoned_acc_hi"] and lo + 1 < i
+    assert COLUMNS.index("clean_acc_hi") == COLUMNS.index("clean_acc_lo") + 1
     assert {"n_test", "clean_acc_lo", "clean_acc_hi"} <= set(COLUMNS[:i])
 
 
