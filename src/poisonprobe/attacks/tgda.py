@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..head_solver import HeadCurvature, feature_eig, newton_solve
+from ..head_solver import HeadCurvature, newton_solve
 from ..threads import single_thread_if_small
 from ..victim import LinearHead, VictimConfig, gradient_sums
 from ._feasible import check_defense_kind, defense_feasible_set
@@ -69,14 +69,32 @@ class FollowerProblem:
     cg_tol: float = 1e-4  # relative residual at which the hypergradient's CG stops
     cg_dtype: torch.dtype = torch.float32  # CG curvature precision (v only sets a direction)
     v_prev: torch.Tensor | None = None  # last H⁻¹g: warm start for the next leader step
-    eig: tuple[torch.Tensor, torch.Tensor] | None = None  # clean-feature eig (preconditioner)
+    gram: torch.Tensor | None = None  # clean Σ z̃ z̃ᵀ (bias as a constant feature), float64
+    _eig_key: torch.Tensor | None = None  # the poison features the cached eig belongs to
+    _eig: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def preconditioner_eig(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``feature_eig`` of the clean follower data, once: the poisons move a few percent
-        of the rows, so the Kronecker preconditioner built from it stays a good one."""
-        if self.eig is None:
-            self.eig = feature_eig(self.z_fol.to(torch.float64))
-        return self.eig
+    def preconditioner_eig(self, z_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigen-decomposition of ``Z̃ᵀZ̃/n`` over clean ∪ poison features: the feature factor
+        of the Kronecker preconditioner. The clean part is summed once, the poisons' part
+        added per leader step: left out, the poisons (far outside the clean cloud when
+        unconstrained) cost Newton and CG many more Hessian-vector products on the default
+        (40 leader steps at eps 0.1: tgda 8,946 → 3,286, tgda-feature 8,824 → 4,356; rows
+        weighted by their softmax curvature: 5,160 and 7,198; BENCHMARKS.md). Cached for the
+        step's poison tensor (the follower solve and the hypergradient share it)."""
+        if self._eig_key is z_p and self._eig is not None:
+            return self._eig
+        if self.gram is None:
+            zc = _with_ones(self.z_fol.to(torch.float64))
+            self.gram = zc.T @ zc
+        zp = _with_ones(z_p.detach().to(self.gram.device, torch.float64))
+        n = self.z_fol.shape[0] + zp.shape[0]
+        self._eig = torch.linalg.eigh((self.gram + zp.T @ zp) / n)
+        self._eig_key = z_p
+        return self._eig
+
+
+def _with_ones(z: torch.Tensor) -> torch.Tensor:
+    return torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)], 1)
 
 
 LEADER_LOSSES = ("ce", "prob", "margin")
@@ -146,10 +164,10 @@ def total_gradient_surrogate(
     loss, g = val_loss_and_grad(head, prob.z_val, prob.y_val, prob.leader_loss)
     t0 = time.perf_counter()
     wd = prob.victim.weight_decay
-    curv = HeadCurvature(head, z_all, wd, prob.preconditioner_eig())
+    curv = HeadCurvature(head, z_all, wd, prob.preconditioner_eig(z_p))
     if prob.hessian == "cg" or (prob.hessian == "auto" and not curv.auto_exact()):
         # float32 CG by default: v only sets the leader's direction (Adam steps are scale-free)
-        curv = HeadCurvature(head, z_all, wd, prob.preconditioner_eig(), prob.cg_dtype)
+        curv = HeadCurvature(head, z_all, wd, prob.preconditioner_eig(z_p), prob.cg_dtype)
     v, exact = solve_follower_system(curv, g, prob.hessian, prob.cg_iters, prob.v_prev, prob.cg_tol)
     prob.v_prev = v
     # the follower solve's accuracy: relative residual of H v = g off the flat bias direction
@@ -192,7 +210,7 @@ def follower_update(
                 y_all,
                 prob.victim.weight_decay,
                 tol=prob.follower_tol,
-                eig=prob.preconditioner_eig(),
+                eig=prob.preconditioner_eig(z_p),
             )
     zd = z_all.to(torch.float64)
     lr = 1.0 / follower_lipschitz(zd, prob.victim.weight_decay)
