@@ -44,7 +44,7 @@ from ..threads import single_thread_if_small
 from ._feasible import check_defense_kind, defense_feasible_set
 from ._optim import Plateau, stop_rule
 from .base import AttackContext, PoisonSet, register_attack
-from .gc_input import PixelOptimizer, feature_loss_and_grad, init_poisons
+from .common import PixelOptimizer, feature_loss_and_grad, init_poisons
 
 HESSIAN_MODES = ("auto", "exact", "cg")
 FOLLOWER_MODES = ("exact", "steps")
