@@ -163,7 +163,7 @@ def digits_setting(name: str = "finetune"):
     """A setting of the embedded default run, prepared exactly as ``poisonprobe run`` does:
     cached SimCLR smallcnn on digits, cached features, exact clean head."""
     from poisonprobe.experiment.config import load_config
-    from poisonprobe.experiment.runner import prepare
+    from poisonprobe.experiment.prepare import prepare
     from poisonprobe.extractors.cache import FeatureCache
     from poisonprobe.progress import Reporter
 
@@ -230,7 +230,8 @@ _HEADS: dict[int, Any] = {}
 
 def cifar_subset(n: int):
     """The first ``n`` training points of the fixed order: (dataset, features, clean head)."""
-    from poisonprobe.victim import VictimConfig, train_head
+    from poisonprobe.head.config import VictimConfig
+    from poisonprobe.head.train import train_head
 
     cf = cifar_features()
     idx = cf.order[:n]

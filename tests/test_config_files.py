@@ -146,7 +146,7 @@ class FakeRay:
 
 
 def test_local_ray_sets_the_auth_mode_explicitly(monkeypatch):
-    from poisonprobe.experiment.backends import _init_ray
+    from poisonprobe.experiment.backends.ray import _init_ray
 
     # a private copy of the environment: _init_ray writes to it, and a real Ray started later
     # in this process must not inherit what this test set

@@ -17,8 +17,10 @@ from torch import nn
 from ..data.base import ImageDataset
 from ..domain import InputDomain
 from ..errors import ConfigError, check_eps
+from ..head.config import VictimConfig
+from ..head.objective import LinearHead
+from ..head.train import resolve_victim, train_head
 from ..shared_work import SharedWork
-from ..victim import LinearHead, VictimConfig, resolve_victim, train_head
 from ._optim import StopRule
 
 T = TypeVar("T")
@@ -342,16 +344,12 @@ def check_embedding_attack(name: str, where: str) -> None:
 
 
 def get_attack(name: str) -> AttackInfo:
-    from . import _load_all  # noqa: F401  (import side effect: registration)
-
     if name not in _ATTACKS:
         raise ConfigError(f"unknown attack {name!r}; choose one of: {', '.join(sorted(_ATTACKS))}")
     return _ATTACKS[name]
 
 
 def attack_names() -> list[str]:
-    from . import _load_all  # noqa: F401
-
     return sorted(_ATTACKS)
 
 

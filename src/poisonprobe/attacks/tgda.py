@@ -36,13 +36,15 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..head_solver import HeadCurvature, newton_solve
+from ..head.config import VictimConfig
+from ..head.curvature import HeadCurvature
+from ..head.objective import LinearHead, gradient_sums
+from ..head.solvers import newton_solve
 from ..threads import single_thread_if_small
-from ..victim import LinearHead, VictimConfig, gradient_sums
 from ._feasible import check_defense_kind, defense_feasible_set
 from ._optim import Plateau, stop_rule
 from .base import AttackContext, PoisonSet, register_attack
-from .gc_input import PixelOptimizer, feature_loss_and_grad, init_poisons
+from .common import PixelOptimizer, feature_loss_and_grad, init_poisons
 
 HESSIAN_MODES = ("auto", "exact", "cg")
 FOLLOWER_MODES = ("exact", "steps")

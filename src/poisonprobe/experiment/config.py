@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from ..errors import ConfigError, PoisonProbeError, check_device, check_eps
-from ..victim import DEFAULT_C_GRID
+from ..head.config import DEFAULT_C_GRID
 
 DEFAULT_ATTACKS: list[str] = [
     "label-flip",
@@ -217,7 +217,7 @@ class ExtractorConfig(Strict):
 
 
 class VictimSettings(Strict):
-    """The victim's recipe (``victim.VictimConfig``); ``C`` is scikit-learn's and replaces
+    """The victim's recipe (``head.config.VictimConfig``); ``C`` is scikit-learn's and replaces
     ``weight_decay`` (``wd = 1 / (N C)``); ``lbfgs-cv`` picks C from ``C_grid``."""
 
     solver: Literal["lbfgs", "sgd", "lbfgs-cv"] = "lbfgs"
@@ -413,8 +413,8 @@ class Config(Strict):
         for spec in self.defenses:
             parse_defense(spec)
         from ..data import dataset_names
+        from ..data.base import split_shape_suffix
         from ..data.loaders.features import is_features_spec
-        from ..data.reshape import split_shape_suffix
 
         known = dataset_names()
         for setting in self.settings:
@@ -607,7 +607,7 @@ def resolve_spec(spec: Any, base: Path) -> Any:
     """``imagefolder:rel/dir?train=100@1x8x8`` -> the same spec with an absolute path."""
     if not isinstance(spec, str):
         return spec
-    from ..data.reshape import split_shape_suffix
+    from ..data.base import split_shape_suffix
 
     try:
         body, shape = split_shape_suffix(spec)
