@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_setup
 
 from poisonprobe.attacks.tgda import FollowerProblem, total_gradient_surrogate
-from poisonprobe.victim import VictimConfig
+from poisonprobe.head.config import VictimConfig
 
 
 def _problem(z: torch.Tensor, y: torch.Tensor, victim: VictimConfig) -> FollowerProblem:
