@@ -19,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 
 
-
 def default_cap(attack: str) -> int:
     """The attack's own ``max_steps`` default, from the registry (what --double doubles)."""
     from poisonprobe.attacks import get_attack
