@@ -97,6 +97,34 @@ def findings(df: pd.DataFrame) -> list[tuple[str, str, str, str]]:
     return out
 
 
+ORDER = ("label-flip", "gc-input", "tgda", "tgda-aware", "emn", "ft-decoder", "ft-match")
+ORDER += FEATURE[2:] + FEATURE[:2]
+
+
+def drops_table(df: pd.DataFrame) -> list[str]:
+    """Mean drop ± CI (pt) per attack and regime, both settings, without and with the
+    defence (in brackets: % of poisons it removed); ``*`` where a seed hit its step cap."""
+    head = "| attack | regime | finetune none | finetune sphere+slab | transfer none | "
+    lines = [head + "transfer sphere+slab |", "|---|---|---|---|---|---|"]
+    for attack in ORDER:
+        for regime in ("unconstrained", "box", "feature"):
+            rows = df[(df.attack == attack) & (df.regime == regime)]
+            if rows.empty:
+                continue
+            cells = []
+            for setting in ("finetune", "transfer"):
+                for defense in ("none", "sphere+slab"):
+                    cell = rows[(rows.setting == setting) & (rows.defense == defense)]
+                    mean, half = mean_ci(100 * cell["drop"])
+                    capped = (cell["converged"].astype(str) == "False").any()
+                    text = f"{mean:.1f} ± {half:.1f}" + ("*" if capped else "")
+                    if defense != "none":
+                        text += f" ({100 * cell['poison_removed'].fillna(0).mean():.0f} %)"
+                    cells.append(text)
+            lines.append(f"| {attack} | {regime} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results")
@@ -106,6 +134,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for row in findings(df):
         print("| " + " | ".join(row) + " |")
+    print()
+    print("\n".join(drops_table(df)))
 
 
 if __name__ == "__main__":
