@@ -230,6 +230,10 @@ def resolve_victim(
 
 
 LARGE_COLD_START = 4_000_000  # feature elements above which cold fits use head_lbfgs
+# ||∇F|| at which a large cold fit hands over from float32 L-BFGS to float64 Newton when tol is
+# tighter: below ~1e-5 float32 L-BFGS crawls toward its round-off (CIFAR N=50k: 2.8 s to 1e-5,
+# 8.4 s to its ~5e-7 stall), while Newton from 1e-5 needs one or two more CG solves
+HANDOFF_TOL = 1e-5
 
 
 def _train_lbfgs(z, y, n_classes, config: VictimConfig, init: LinearHead | None) -> LinearHead:
@@ -277,14 +281,14 @@ def _train_lbfgs(z, y, n_classes, config: VictimConfig, init: LinearHead | None)
 
 
 def _train_large_cold(z, y, n_classes: int, config: VictimConfig) -> LinearHead:
-    """Preconditioned float32 L-BFGS (``head_lbfgs``), then float64 Newton only if ``tol``
-    is below what float32 reaches (~1e-6)."""
+    """Preconditioned float32 L-BFGS (``head_lbfgs``) to ``tol`` or ``HANDOFF_TOL``, then
+    float64 Newton when ``tol`` is tighter than that."""
     from .head_lbfgs import lbfgs_float32
     from .head_solver import feature_eig, newton_solve
 
     eig = feature_eig(z)
     wd, tol = config.weight_decay, config.tol
-    head, grad_norm = lbfgs_float32(z, y, n_classes, wd, eig, tol=0.5 * tol)
+    head, grad_norm = lbfgs_float32(z, y, n_classes, wd, eig, tol=max(0.5 * tol, HANDOFF_TOL))
     if grad_norm <= 0.5 * tol:  # half: float32's norm is good to ~1e-8 absolute
         return head
     zd = z.detach().to(torch.float64)
