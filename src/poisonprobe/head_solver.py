@@ -15,6 +15,33 @@ import torch
 
 from .victim import LinearHead, row_softmax
 
+# Passes over the N rows go in chunks of at most this many (rows × classes) elements, so the
+# (N, k) logits/softmax temporaries stay ~32 MB at k = 1000 (ImageNet-sized heads, N = 100k
+# would otherwise hold several N×k float64 arrays, 0.8 GB each); at k = 10 a chunk is 400k
+# rows, i.e. one chunk and the same arithmetic as unchunked for any usual N.
+CHUNK_ELEMENTS = 4_000_000
+
+
+def row_chunks(n: int, k: int) -> list[slice]:
+    """Row slices covering ``range(n)`` with at most ``CHUNK_ELEMENTS`` (rows × k) each."""
+    rows = max(256, CHUNK_ELEMENTS // max(k, 1))
+    return [slice(i, min(n, i + rows)) for i in range(0, n, rows)]
+
+
+def exact_is_cheap(n: int, k: int, d: int, device_type: str = "cpu") -> bool:
+    """Explicit Hessian when it is cheap: ~nk²(d+1)² flops + (kd+k)³/3 Cholesky.
+
+    CPU: up to ~1 GFLOP (e.g. k=10, d≤128 on digits-sized data); GPU: up to ~4 TFLOP
+    and 2 GiB of Hessian (e.g. k=10, d=512 on CIFAR). Otherwise CG. Decided from the sizes
+    alone, before any pass over the data.
+    """
+    p = k * d + k
+    flops = 1.0 * n * k**2 * (d + 1) ** 2 + p**3 / 3  # half: symmetric
+    if device_type == "cuda":
+        return flops <= 4e12 and p * p * 8 <= 2 * 2**30
+    return flops <= 1e9
+
+
 # ---------------------------------------------------------------------------------------------
 # follower curvature: Hessian-vector products, explicit Hessian, solves
 # ---------------------------------------------------------------------------------------------
@@ -42,7 +69,11 @@ class HeadCurvature:
         self.k, self.d = head.weight.shape
         self.n = int(self.z.shape[0])
         self.wd = weight_decay
-        self.p = row_softmax(self.z @ head.weight.to(dtype).T + head.bias.to(dtype))
+        w, b = head.weight.to(dtype), head.bias.to(dtype)
+        self.chunks = row_chunks(self.n, self.k)
+        self.p = torch.empty(self.n, self.k, dtype=dtype, device=self.z.device)
+        for rows in self.chunks:  # chunked: one (N, k) array, not three
+            self.p[rows] = row_softmax(torch.addmm(b, self.z[rows], w.T))
         # the null direction of H: shifting every bias by the same amount changes nothing
         self.null = torch.zeros(self.k * self.d + self.k, dtype=torch.float64, device=self.z.device)
         self.null[self.k * self.d :] = 1.0 / math.sqrt(self.k)
@@ -57,10 +88,17 @@ class HeadCurvature:
         """``H u`` in O(nkd): logits direction s = U z + c, then (diag p − p pᵀ) s per point."""
         kd = self.k * self.d
         uw, ub = u[:kd].reshape(self.k, self.d), u[kd:]
-        s = self.z @ uw.T.to(self.z.dtype) + ub.to(self.z.dtype)
-        a = self.p * s - self.p * (self.p * s).sum(dim=1, keepdim=True)
-        hw = (a.T @ self.z).to(u.dtype) / self.n + self.wd * uw
-        return torch.cat([hw.reshape(-1), a.sum(dim=0).to(u.dtype) / self.n])
+        uw_z, ub_z = uw.T.to(self.z.dtype), ub.to(self.z.dtype)
+        hw = torch.zeros(self.k, self.d, dtype=self.z.dtype, device=self.z.device)
+        hb = torch.zeros(self.k, dtype=self.z.dtype, device=self.z.device)
+        for rows in self.chunks:
+            z, p = self.z[rows], self.p[rows]
+            ps = p * torch.addmm(ub_z, z, uw_z)
+            a = ps.sub_(p * ps.sum(dim=1, keepdim=True))
+            hw.addmm_(a.T, z)
+            hb += a.sum(dim=0)
+        hw = hw.to(u.dtype) / self.n + self.wd * uw
+        return torch.cat([hw.reshape(-1), hb.to(u.dtype) / self.n])
 
     def matrix(self) -> torch.Tensor:
         """The explicit Hessian (kd+k)², built class-row by class-row (memory O(n·k·d))."""
@@ -137,16 +175,8 @@ class HeadCurvature:
         return v - (v @ self.null) * self.null  # keep CG iterates off the flat direction
 
     def auto_exact(self) -> bool:
-        """Explicit Hessian when it is cheap: ~nk²(d+1)² flops + (kd+k)³/3 Cholesky.
-
-        CPU: up to ~1 GFLOP (e.g. k=10, d≤128 on digits-sized data); GPU: up to ~4 TFLOP
-        and 2 GiB of Hessian (e.g. k=10, d=512 on CIFAR). Otherwise CG.
-        """
-        p = self.n_params
-        flops = 1.0 * self.n * self.k**2 * (self.d + 1) ** 2 + p**3 / 3  # half: symmetric
-        if self.z.device.type == "cuda":
-            return flops <= 4e12 and p * p * 8 <= 2 * 2**30
-        return flops <= 1e9
+        """``exact_is_cheap`` for this problem's sizes."""
+        return exact_is_cheap(self.n, self.k, self.d, self.z.device.type)
 
 
 GRAM_ROWS = 8192  # rows (at least; 4·d for wide features) sampled for feature_eig
@@ -218,16 +248,37 @@ def conjugate_gradient(
 def flat_objective(
     theta: torch.Tensor, z: torch.Tensor, yoh: torch.Tensor, wd: float, k: int, grad: bool = True
 ) -> tuple[float, torch.Tensor | None]:
-    """The victim objective F and its flat gradient (closed form, float64)."""
-    d = z.shape[1]
+    """The victim objective F and its flat gradient (closed form, float64).
+
+    ``yoh``: one-hot/soft targets (n, k), or integer labels (n,) (no (n, k) one-hot array).
+    ``z`` may be float32: rows are converted chunk by chunk, so the sums are float64 without
+    a float64 copy of the features (1.6 GB at N = 100k, d = 2048)."""
+    n, d = z.shape
     w, b = theta[: k * d].reshape(k, d), theta[k * d :]
-    logp = row_softmax(z @ w.T + b, log=True)
-    n = z.shape[0]
-    loss = float(-(yoh * logp).sum() / n + 0.5 * wd * (w**2).sum())
+    hard = yoh.ndim == 1
+    ce = torch.zeros((), dtype=torch.float64, device=theta.device)
+    gw = torch.zeros(k, d, dtype=torch.float64, device=theta.device) if grad else None
+    gb = torch.zeros(k, dtype=torch.float64, device=theta.device) if grad else None
+    for rows in row_chunks(n, k):
+        zc = z[rows].to(torch.float64)
+        logp = row_softmax(torch.addmm(b, zc, w.T), log=True)
+        if hard:
+            yc = yoh[rows].long()[:, None]
+            ce -= logp.gather(1, yc).sum()
+        else:
+            ce -= (yoh[rows] * logp).sum()
+        if grad:
+            resid = logp.exp()
+            if hard:
+                resid.scatter_add_(1, yc, torch.full_like(yc, -1, dtype=resid.dtype))
+            else:
+                resid -= yoh[rows]
+            gw.addmm_(resid.T, zc)
+            gb += resid.sum(0)
+    loss = float(ce / n + 0.5 * wd * (w**2).sum())
     if not grad:
         return loss, None
-    resid = (logp.exp() - yoh) / n
-    return loss, torch.cat([(resid.T @ z + wd * w).reshape(-1), resid.sum(0)])
+    return loss, torch.cat([(gw / n + wd * w).reshape(-1), gb / n])
 
 
 def newton_solve(
@@ -248,11 +299,15 @@ def newton_solve(
     ``feature_eig``-like decomposition to reuse for the preconditioner.
     """
     k, d = head.weight.shape
-    zd = z.detach().to(head.weight.device, torch.float64)
-    yoh = torch.nn.functional.one_hot(y.long(), k).to(zd)
+    # the features as given (float32 stays float32: flat_objective sums in float64 chunk by
+    # chunk, the inner CG runs on float32 anyway): no float64 copy of an (N, d) matrix
+    zd = z.detach().to(head.weight.device)
+    if not zd.dtype.is_floating_point:
+        zd = zd.to(torch.float64)
+    yoh = y.long().to(zd.device)  # labels: no (N, k) one-hot
     theta = head.flat().detach().clone()
     loss, g = flat_objective(theta, zd, yoh, wd, k)
-    z_as = {torch.float64: zd}
+    z_as = {zd.dtype: zd}
     for _ in range(max_steps):
         gnorm = float(g.norm())
         if gnorm <= tol:

@@ -291,8 +291,8 @@ def _train_large_cold(z, y, n_classes: int, config: VictimConfig) -> LinearHead:
     head, grad_norm = lbfgs_float32(z, y, n_classes, wd, eig, tol=max(0.5 * tol, HANDOFF_TOL))
     if grad_norm <= 0.5 * tol:  # half: float32's norm is good to ~1e-8 absolute
         return head
-    zd = z.detach().to(torch.float64)
-    return newton_solve(head, zd, y, wd, tol=tol, eig=eig)
+    # the features as they are: Newton sums in float64 chunk by chunk (no float64 copy)
+    return newton_solve(head, z, y, wd, tol=tol, eig=eig)
 
 
 def _gradient_norm(head: LinearHead, z: torch.Tensor, y: torch.Tensor, wd: float) -> float:

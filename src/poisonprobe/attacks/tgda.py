@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..head_solver import HeadCurvature, feature_eig, newton_solve
+from ..head_solver import HeadCurvature, exact_is_cheap, feature_eig, newton_solve, row_chunks
 from ..threads import single_thread_if_small
 from ..victim import LinearHead, VictimConfig, gradient_sums
 from ._feasible import check_defense_kind, defense_feasible_set
@@ -74,8 +74,8 @@ class FollowerProblem:
     def preconditioner_eig(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``feature_eig`` of the clean follower data, once: the poisons move a few percent
         of the rows, so the Kronecker preconditioner built from it stays a good one."""
-        if self.eig is None:
-            self.eig = feature_eig(self.z_fol.to(torch.float64))
+        if self.eig is None:  # feature_eig samples rows itself: no float64 copy of z_fol
+            self.eig = feature_eig(self.z_fol)
         return self.eig
 
 
@@ -95,19 +95,25 @@ def val_loss_and_grad(
     if kind not in LEADER_LOSSES:
         raise ConfigError(f"leader_loss={kind!r} is unknown; use one of {LEADER_LOSSES}")
     k, d = head.weight.shape
-    y = y_val.long()
-    with torch.enable_grad():
-        theta = head.flat().detach().clone().requires_grad_(True)
-        logits = LinearHead.from_flat(theta, k, d).logits(z_val.detach())
-        if kind == "ce":
-            loss = torch.nn.functional.cross_entropy(logits, y)
-        elif kind == "prob":
-            loss = 1.0 - torch.softmax(logits, dim=1).gather(1, y[:, None]).mean()
-        else:
-            other = logits.scatter(1, y[:, None], -torch.inf).amax(dim=1)
-            loss = (other - logits.gather(1, y[:, None])[:, 0]).clamp(max=0.0).mean()
-        (g,) = torch.autograd.grad(loss, theta)
-    return float(loss.detach()), g
+    n = int(z_val.shape[0])
+    total, g = 0.0, torch.zeros_like(head.flat())
+    # row chunks (one at k = 10): the autograd graph holds a few (chunk, k) arrays, not (N, k)
+    for rows in row_chunks(n, k):
+        y = y_val[rows].long()
+        with torch.enable_grad():
+            theta = head.flat().detach().clone().requires_grad_(True)
+            logits = LinearHead.from_flat(theta, k, d).logits(z_val[rows].detach())
+            if kind == "ce":
+                loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+            elif kind == "prob":
+                loss = (1.0 - torch.softmax(logits, dim=1).gather(1, y[:, None])).sum()
+            else:
+                other = logits.scatter(1, y[:, None], -torch.inf).amax(dim=1)
+                loss = (other - logits.gather(1, y[:, None])[:, 0]).clamp(max=0.0).sum()
+            (gc,) = torch.autograd.grad(loss / n, theta)
+        total += float(loss.detach()) / n
+        g += gc
+    return total, g
 
 
 def solve_follower_system(
@@ -141,15 +147,19 @@ def total_gradient_surrogate(
     the follower's current solution on ``D_f ∪ (z_p, y_p)``. Fills ``stats`` with the
     validation loss and solve time.
     """
-    zp_det = z_p.detach().to(torch.float64)
-    z_all = torch.cat([prob.z_fol.to(torch.float64), zp_det])
     loss, g = val_loss_and_grad(head, prob.z_val, prob.y_val, prob.leader_loss)
     t0 = time.perf_counter()
     wd = prob.victim.weight_decay
-    curv = HeadCurvature(head, z_all, wd, prob.preconditioner_eig())
-    if prob.hessian == "cg" or (prob.hessian == "auto" and not curv.auto_exact()):
-        # float32 CG by default: v only sets the leader's direction (Adam steps are scale-free)
-        curv = HeadCurvature(head, z_all, wd, prob.preconditioner_eig(), prob.cg_dtype)
+    k, d = head.weight.shape
+    n_all = prob.z_fol.shape[0] + z_p.shape[0]
+    exact = prob.hessian == "exact" or (
+        prob.hessian == "auto" and exact_is_cheap(n_all, k, d, prob.z_fol.device.type)
+    )
+    # float32 CG by default: v only sets the leader's direction (Adam steps are scale-free);
+    # decided from the sizes, so the large case never makes a float64 copy of all features
+    dtype = torch.float64 if exact else prob.cg_dtype
+    z_all = torch.cat([prob.z_fol.to(dtype), z_p.detach().to(dtype)])
+    curv = HeadCurvature(head, z_all, wd, prob.preconditioner_eig(), dtype)
     v, exact = solve_follower_system(curv, g, prob.hessian, prob.cg_iters, prob.v_prev, prob.cg_tol)
     prob.v_prev = v
     # the follower solve's accuracy: relative residual of H v = g off the flat bias direction
@@ -160,7 +170,6 @@ def total_gradient_surrogate(
     stats["solve_seconds"] = stats.get("solve_seconds", 0.0) + time.perf_counter() - t0
     stats["val_loss"] = loss
     stats["exact_hessian"] = float(exact)
-    k, d = head.weight.shape
     vw, vb = v[: k * d].reshape(k, d), v[k * d :]
     gw, gb = gradient_sums(head, z_p, y_p)
     return -((gw * vw).sum() + (gb * vb).sum()) / z_all.shape[0]
@@ -239,11 +248,15 @@ def follower_problem(
     fol_idx = rest_idx if follower_data == "rest" else torch.arange(n)
     z, y = ctx.z_train, ctx.train.y.to(ctx.z_train.device)
     vi, fi = val_idx.to(z.device), fol_idx.to(z.device)
+    # all of D_c (the default): the features themselves, not (N, d) copies (the mean
+    # validation loss does not depend on the order of its points)
+    every = follower_data == "all"
+    whole_val = n_val == n
     prob = FollowerProblem(
-        z_fol=z[fi],
-        y_fol=y[fi],
-        z_val=z[vi],
-        y_val=y[vi],
+        z_fol=z if every else z[fi],
+        y_fol=y if every else y[fi],
+        z_val=z if whole_val else z[vi],
+        y_val=y if whole_val else y[vi],
         n_classes=ctx.n_classes,
         victim=ctx.victim,
         hessian=hessian,

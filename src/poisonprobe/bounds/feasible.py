@@ -33,6 +33,7 @@ import torch
 
 from ..defenses.base import DefenseSpec, removal_count
 from ..errors import ConfigError
+from ..head_solver import row_chunks
 
 MODELLED = ("sphere", "slab", "input-box")
 """Defences the bound models (``input-box`` never removes a feature-space poison)."""
@@ -74,12 +75,17 @@ class FeasibleSet:
     @classmethod
     def box(cls, z: torch.Tensor, y: torch.Tensor, n_classes: int) -> FeasibleSet:
         """The clean-feature box alone (defence ``none``)."""
-        zd = z.detach().double()
-        low, high = zd.min(0).values, zd.max(0).values
-        center = torch.stack(
-            [zd[y == c].mean(0) if bool((y == c).any()) else zd.mean(0) for c in range(n_classes)]
-        )
-        inf = torch.full((n_classes,), float("inf"), dtype=torch.float64, device=zd.device)
+        z = z.detach()
+        low, high = z.min(0).values.double(), z.max(0).values.double()
+        # class means summed in float64 chunk by chunk: no float64 copy of z, no k masks
+        yl = y.long().to(z.device)
+        sums = torch.zeros(n_classes, z.shape[1], dtype=torch.float64, device=z.device)
+        for rows in row_chunks(z.shape[0], n_classes):
+            sums.index_add_(0, yl[rows], z[rows].double())
+        counts = torch.bincount(yl, minlength=n_classes)[:, None]
+        overall = sums.sum(0) / max(z.shape[0], 1)
+        center = torch.where(counts > 0, sums / counts.clamp_min(1), overall)
+        inf = torch.full((n_classes,), float("inf"), dtype=torch.float64, device=z.device)
         return cls(low, high, center, inf, torch.zeros_like(center), inf.clone())
 
 
