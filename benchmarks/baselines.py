@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from poisonprobe.extractors.cache import encode_batched
-from poisonprobe.victim import LinearHead
+from poisonprobe.head.objective import LinearHead
 
 
 @dataclass

@@ -37,9 +37,12 @@ from poisonprobe.attacks.gradpc import evaluate_target, gradpc, radius_scale
 from poisonprobe.attacks.poisonability import FeatureBox
 from poisonprobe.attacks.tgda import FollowerProblem, total_gradient_surrogate
 from poisonprobe.extractors.cache import FeatureCache, encode_batched
-from poisonprobe.head_solver import HeadCurvature, newton_solve
-from poisonprobe.victim import LinearHead, VictimConfig, train_head
-from poisonprobe.victim import _gradient_norm as victim_gradient_norm
+from poisonprobe.head.config import VictimConfig
+from poisonprobe.head.curvature import HeadCurvature
+from poisonprobe.head.objective import LinearHead
+from poisonprobe.head.objective import gradient_norm as victim_gradient_norm
+from poisonprobe.head.solvers import newton_solve
+from poisonprobe.head.train import train_head
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import time
 import torch
 
 from poisonprobe.bounds.dpa import certified_accuracy, certify, partition, votes
-from poisonprobe.victim import VictimConfig
+from poisonprobe.head.config import VictimConfig
 
 
 def main() -> None:

@@ -230,7 +230,8 @@ _HEADS: dict[int, Any] = {}
 
 def cifar_subset(n: int):
     """The first ``n`` training points of the fixed order: (dataset, features, clean head)."""
-    from poisonprobe.victim import VictimConfig, train_head
+    from poisonprobe.head.config import VictimConfig
+    from poisonprobe.head.train import train_head
 
     cf = cifar_features()
     idx = cf.order[:n]

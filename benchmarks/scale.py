@@ -63,8 +63,9 @@ def child(spec: dict) -> dict:
     from poisonprobe.bounds.loss_bound import minimax
     from poisonprobe.data.base import ImageDataset
     from poisonprobe.domain import InputDomain
-    from poisonprobe.victim import VictimConfig, train_head
-    from poisonprobe.victim import _gradient_norm as gradient_norm
+    from poisonprobe.head.config import VictimConfig
+    from poisonprobe.head.objective import gradient_norm
+    from poisonprobe.head.train import train_head
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])

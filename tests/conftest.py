@@ -94,7 +94,8 @@ def tiny_setup(n: int):
     """The first ``n`` digits training images, a frozen TinyNet, their features and the
     exact clean head: the small attack set-up the attack tests share."""
     from poisonprobe.data import load_dataset
-    from poisonprobe.victim import VictimConfig, train_head
+    from poisonprobe.head.config import VictimConfig
+    from poisonprobe.head.train import train_head
 
     train = load_dataset("digits").train.subset(torch.arange(n), name="digits-tiny")
     ext = TinyNet().eval()

@@ -19,7 +19,8 @@ from poisonprobe.bounds.loss_bound import clean_loss, minimax
 from poisonprobe.data import load_dataset
 from poisonprobe.defenses import DefenseInput, apply_defense, parse_defense
 from poisonprobe.extractors.archs import Extractor
-from poisonprobe.victim import VictimConfig, train_head
+from poisonprobe.head.config import VictimConfig
+from poisonprobe.head.train import train_head
 
 torch.set_num_threads(2)
 WD = 1e-2

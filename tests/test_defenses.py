@@ -21,7 +21,7 @@ from poisonprobe.defenses import (
 )
 from poisonprobe.defenses import filters as filters_mod
 from poisonprobe.errors import ConfigError, DataError
-from poisonprobe.victim import VictimConfig
+from poisonprobe.head.config import VictimConfig
 
 VICTIM = VictimConfig()
 

@@ -24,7 +24,7 @@ from poisonprobe.extractors import (
     pretrain,
     save_extractor,
 )
-from poisonprobe.victim import train_head
+from poisonprobe.head.train import train_head
 
 CIFAR = InputDomain(3, 32, 32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 

@@ -29,14 +29,14 @@ from poisonprobe.attacks.poisonability import (
 from poisonprobe.data import load_dataset
 from poisonprobe.errors import ConfigError
 from poisonprobe.extractors.archs import Extractor
-from poisonprobe.victim import (
+from poisonprobe.head.config import VictimConfig
+from poisonprobe.head.objective import (
     LinearHead,
-    VictimConfig,
     gradient_sums,
     per_point_gradients,
-    train_head,
     victim_objective,
 )
+from poisonprobe.head.train import train_head
 
 torch.set_num_threads(2)
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from poisonprobe import victim
-from poisonprobe.head_lbfgs import kronecker_basis, lbfgs_float32
-from poisonprobe.head_solver import HeadCurvature, feature_eig
-from poisonprobe.victim import LinearHead, VictimConfig, train_head
+from poisonprobe.head import solvers
+from poisonprobe.head.config import VictimConfig
+from poisonprobe.head.curvature import HeadCurvature, feature_eig
+from poisonprobe.head.objective import LinearHead, gradient_norm
+from poisonprobe.head.solvers import kronecker_basis, lbfgs_float32
+from poisonprobe.head.train import train_head
 
 
 def _correlated_features(n: int, d: int, k: int = 10, seed: int = 0):
@@ -30,14 +32,14 @@ def large():
 
 
 def _grad_norm(head: LinearHead, z: torch.Tensor, y: torch.Tensor, wd: float) -> float:
-    return victim._gradient_norm(head, z.double(), y, wd)
+    return gradient_norm(head, z.double(), y, wd)
 
 
 def test_large_cold_fit_reaches_the_float64_optimum(large, monkeypatch):
     z, y = large
-    assert z.numel() > victim.LARGE_COLD_START
+    assert z.numel() > solvers.LARGE_COLD_START
     fast = train_head(z, y, 10, VictimConfig())
-    monkeypatch.setattr(victim, "LARGE_COLD_START", 10**12)  # force the float64 path
+    monkeypatch.setattr(solvers, "LARGE_COLD_START", 10**12)  # force the float64 path
     slow = train_head(z, y, 10, VictimConfig())
     assert _grad_norm(fast, z, y, 1e-3) <= 1e-9
     assert (fast.weight - slow.weight).norm() <= 1e-6 * slow.weight.norm()

@@ -27,8 +27,10 @@ from poisonprobe.attacks.tgda import (
     val_loss_and_grad,
 )
 from poisonprobe.errors import ConfigError
-from poisonprobe.head_solver import HeadCurvature, conjugate_gradient
-from poisonprobe.victim import LinearHead, VictimConfig, train_head, victim_objective
+from poisonprobe.head.config import VictimConfig
+from poisonprobe.head.curvature import HeadCurvature, conjugate_gradient
+from poisonprobe.head.objective import LinearHead, victim_objective
+from poisonprobe.head.train import train_head
 
 TIGHT = VictimConfig(weight_decay=1e-2, max_iter=5000, tol=1e-13)
 

@@ -124,7 +124,7 @@ class _BatchNormNet(nn.Module):
 def test_attack_context_puts_the_extractor_in_eval_mode(small):
     from poisonprobe.attacks import AttackContext, ThreatModel
     from poisonprobe.data import load_dataset
-    from poisonprobe.victim import LinearHead
+    from poisonprobe.head.objective import LinearHead
 
     data = load_dataset("digits").train
     net = _BatchNormNet().train()

@@ -15,7 +15,8 @@ from poisonprobe.attacks.gc_input import PixelOptimizer, cosine_lr
 from poisonprobe.attacks.inversion import Decoder, decode, feature_match
 from poisonprobe.data.base import ImageDataset
 from poisonprobe.domain import InputDomain
-from poisonprobe.victim import LinearHead, VictimConfig
+from poisonprobe.head.config import VictimConfig
+from poisonprobe.head.objective import LinearHead
 
 DOMAIN = InputDomain(channels=3, height=4, width=4, low=0.0, high=1.0)
 

@@ -13,7 +13,8 @@ from poisonprobe.data.loaders.features import embedding_domain
 from poisonprobe.errors import ConfigError
 from poisonprobe.extractors import build_extractor
 from poisonprobe.extractors.zoo import passthrough_extractor
-from poisonprobe.victim import VictimConfig, train_head
+from poisonprobe.head.config import VictimConfig
+from poisonprobe.head.train import train_head
 
 
 def blobs(n: int = 120, d: int = 5, k: int = 3):

@@ -10,8 +10,9 @@ from sklearn.model_selection import PredefinedSplit
 
 from poisonprobe.errors import ConfigError
 from poisonprobe.experiment.config import parse_config
+from poisonprobe.head.config import VictimConfig
 from poisonprobe.head.cv import stratified_validation
-from poisonprobe.victim import VictimConfig, resolve_victim, train_head
+from poisonprobe.head.train import resolve_victim, train_head
 
 GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 10.0)
 

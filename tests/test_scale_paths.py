@@ -8,12 +8,13 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from poisonprobe import head_solver
 from poisonprobe.attacks import tgda
 from poisonprobe.bounds import loss_bound
 from poisonprobe.bounds.feasible import FeasibleSet
-from poisonprobe.head_solver import HeadCurvature, exact_is_cheap, flat_objective, newton_solve
-from poisonprobe.victim import LinearHead
+from poisonprobe.head import objective
+from poisonprobe.head.curvature import HeadCurvature, exact_is_cheap
+from poisonprobe.head.objective import LinearHead, flat_objective
+from poisonprobe.head.solvers import newton_solve
 
 WD = 1e-2
 
@@ -34,7 +35,7 @@ def _head(k: int, d: int, seed: int = 1) -> LinearHead:
 @pytest.fixture
 def tiny_chunks(monkeypatch):
     """Chunks of 256 rows (the minimum) and of a few label pairs: several chunks per pass."""
-    monkeypatch.setattr(head_solver, "CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(objective, "CHUNK_ELEMENTS", 1)
     monkeypatch.setattr(loss_bound, "PAIR_CHUNK_ELEMENTS", 1)
 
 

@@ -9,15 +9,15 @@ from sklearn.linear_model import LogisticRegression
 
 from poisonprobe.data import load_dataset
 from poisonprobe.errors import ConfigError, DataError
-from poisonprobe.victim import (
+from poisonprobe.head.config import VictimConfig
+from poisonprobe.head.objective import (
     LinearHead,
-    VictimConfig,
     all_finite,
     gradient_sums,
     per_point_gradients,
-    train_head,
     victim_objective,
 )
+from poisonprobe.head.train import train_head
 
 
 @pytest.fixture(scope="module")

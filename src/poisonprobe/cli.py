@@ -194,8 +194,8 @@ def pretrain(
     from .experiment.runner import obtain_extractor, resolve_device
     from .extractors.cache import FeatureCache
     from .extractors.checkpoints import save_extractor
+    from .head.train import train_head
     from .progress import Reporter
-    from .victim import train_head
 
     try:
         ext_cfg = ExtractorConfig(

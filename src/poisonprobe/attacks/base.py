@@ -17,8 +17,10 @@ from torch import nn
 from ..data.base import ImageDataset
 from ..domain import InputDomain
 from ..errors import ConfigError, check_eps
+from ..head.config import VictimConfig
+from ..head.objective import LinearHead
+from ..head.train import resolve_victim, train_head
 from ..shared_work import SharedWork
-from ..victim import LinearHead, VictimConfig, resolve_victim, train_head
 from ._optim import StopRule
 
 T = TypeVar("T")

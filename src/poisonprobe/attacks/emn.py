@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..head_solver import newton_solve
+from ..head.solvers import newton_solve
 from ._optim import Plateau, stop_rule
 from .base import AttackContext, PoisonSet, clip_linf_, register_attack
 from .gc_input import feature_loss_and_grad

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..victim import LinearHead, label_targets
+from ..head.objective import LinearHead, label_targets
 from ._optim import Plateau, StopRule
 from .gc_objective import CleanGradient, GCLossAndGrad, gc_loss, gc_residual
 from .poisonability import FeatureBox

@@ -26,8 +26,10 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..head.config import VictimConfig
+from ..head.objective import LinearHead
+from ..head.train import train_head
 from ..shared_work import shared
-from ..victim import LinearHead, VictimConfig, train_head
 from ._optim import stop_rule
 from .base import (
     AttackContext,

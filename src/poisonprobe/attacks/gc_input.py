@@ -16,8 +16,9 @@ from collections.abc import Callable
 import torch
 
 from ..errors import ConfigError
+from ..head.config import VictimConfig
+from ..head.objective import LinearHead
 from ..shared_work import shared
-from ..victim import LinearHead, VictimConfig
 from ._optim import Plateau, stop_rule
 from .base import AttackContext, PoisonSet, register_attack
 from .baselines import most_confusable_labels
@@ -209,7 +210,7 @@ def induced_target(ctx: AttackContext) -> tuple[LinearHead, dict[str, float], Po
 
     Returns the head and the feature poisons (their labels and base points seed the images).
     """
-    from ..head_solver import newton_solve
+    from ..head.solvers import newton_solve
     from .tgda import tgda_feature
 
     key = ("gc-input/tgda-feature-target", ctx.threat.eps, ctx.threat.regime)

@@ -1,6 +1,6 @@
 """The gradient-canceling (GC) objective, shared by feature-space and input-space GC.
 
-The victim minimises ``mean CE + (wd/2)||W||^2`` over ``D_c ∪ D_p`` (``victim.py``).
+The victim minimises ``mean CE + (wd/2)||W||^2`` over ``D_c ∪ D_p`` (``head/objective.py``).
 Multiplying its gradient by ``N_t = N_c + n_p`` gives the residual
 
     R(ŵ) = Σ_{D_c} ∇CE + Σ_{D_p} ∇CE + wd · N_t · [W, 0]
@@ -17,7 +17,7 @@ from functools import cached_property
 
 import torch
 
-from ..victim import LinearHead, gradient_sums, label_targets, row_softmax
+from ..head.objective import LinearHead, gradient_sums, label_targets, row_softmax
 
 
 @dataclass(frozen=True)

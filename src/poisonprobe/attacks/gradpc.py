@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ConfigError
-from ..victim import LinearHead, gradient_sums
+from ..head.objective import LinearHead, gradient_sums
 from ._optim import Plateau, StopRule
 from .poisonability import FeatureBox, poisonability
 

@@ -22,7 +22,7 @@ import time
 import torch
 
 from ..errors import ConfigError
-from ..victim import label_targets
+from ..head.objective import label_targets
 from ._feasible import check_defense_kind, defense_feasible_set
 from ._optim import Plateau, stop_rule
 from .base import AttackContext, PoisonSet, register_attack

@@ -65,7 +65,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..victim import LinearHead
+from ..head.objective import LinearHead
 from .gc_objective import CleanGradient, clean_gradient
 
 _SECTION_POINTS = 15  # interior points per multisection round

@@ -36,9 +36,11 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..head_solver import HeadCurvature, exact_is_cheap, feature_eig, newton_solve, row_chunks
+from ..head.config import VictimConfig
+from ..head.curvature import HeadCurvature, exact_is_cheap, feature_eig
+from ..head.objective import LinearHead, gradient_sums, row_chunks
+from ..head.solvers import newton_solve
 from ..threads import single_thread_if_small
-from ..victim import LinearHead, VictimConfig, gradient_sums
 from ._feasible import check_defense_kind, defense_feasible_set
 from ._optim import Plateau, stop_rule
 from .base import AttackContext, PoisonSet, register_attack

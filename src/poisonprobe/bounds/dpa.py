@@ -20,7 +20,8 @@ import hashlib
 import torch
 
 from ..errors import ConfigError
-from ..victim import VictimConfig, train_head
+from ..head.config import VictimConfig
+from ..head.train import train_head
 
 
 def check_k(k: int, n: int) -> None:

@@ -33,7 +33,7 @@ import torch
 
 from ..defenses.base import DefenseSpec, removal_count
 from ..errors import ConfigError
-from ..head_solver import row_chunks
+from ..head.objective import row_chunks
 
 MODELLED = ("sphere", "slab", "input-box")
 """Defences the bound models (``input-box`` never removes a feature-space poison)."""

@@ -2,7 +2,7 @@ r"""Certified upper bound on the clean training loss any feasible poison set can
 (Steinhardt, Koh, Liang, *Certified Defenses for Data Poisoning Attacks*, NeurIPS 2017),
 for poisonprobe's exact victim, and the minimax loop that computes it.
 
-Derivation (the victim's own normalisation, ``victim.py``). Clean set C with N points,
+Derivation (the victim's own normalisation, ``head/objective.py``). Clean set C with N points,
 poison set P with n_p points, each in the feasible set F. The victim returns the unique
 
     θ̂ = argmin_θ  F(θ) = 1/(N + n_p) · [Σ_C ℓ(θ; z, y) + Σ_P ℓ(θ; z, y)] + wd/2 ‖W‖²
@@ -44,9 +44,8 @@ import torch
 import torch.nn.functional as F
 
 from ..defenses.base import DefenseSpec
-from ..head_solver import row_chunks
+from ..head.objective import LinearHead, row_chunks
 from ..shared_work import shared
-from ..victim import LinearHead
 from .feasible import FeasibleSet, max_linear, oracle_feasible_set
 
 LOG2 = math.log(2.0)

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from ..victim import VictimConfig, all_finite
+from ..head.config import VictimConfig
+from ..head.objective import all_finite
 
 
 @dataclass

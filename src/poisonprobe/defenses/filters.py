@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..victim import train_head
+from ..head.train import train_head
 from .base import DefenseInput, register_defense, remove_top
 
 KNN_BLOCK_ELEMENTS = 2**24

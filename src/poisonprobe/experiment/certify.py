@@ -18,7 +18,7 @@ from ..attacks import ThreatModel
 from ..bounds.dpa import certified_accuracy, certify, check_k, partition, votes
 from ..bounds.loss_bound import shared_minimax
 from ..defenses import DefenseSpec
-from ..victim import VictimConfig
+from ..head.config import VictimConfig
 from .config import AttackSpec, Config
 from .results import atomic_write_text
 

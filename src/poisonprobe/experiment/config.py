@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from ..errors import ConfigError, PoisonProbeError, check_device, check_eps
-from ..victim import DEFAULT_C_GRID
+from ..head.config import DEFAULT_C_GRID
 
 DEFAULT_ATTACKS: list[str] = [
     "label-flip",
@@ -217,7 +217,7 @@ class ExtractorConfig(Strict):
 
 
 class VictimSettings(Strict):
-    """The victim's recipe (``victim.VictimConfig``); ``C`` is scikit-learn's and replaces
+    """The victim's recipe (``head.config.VictimConfig``); ``C`` is scikit-learn's and replaces
     ``weight_decay`` (``wd = 1 / (N C)``); ``lbfgs-cv`` picks C from ``C_grid``."""
 
     solver: Literal["lbfgs", "sgd", "lbfgs-cv"] = "lbfgs"

@@ -28,10 +28,12 @@ from ..defenses import DefenseInput, DefenseSpec, apply_defense, parse_defense
 from ..errors import ConfigError, DataError, PoisonProbeError, check_device
 from ..extractors import Extractor
 from ..extractors.zoo import build_zoo_extractor, check_zoo_weights, passthrough_extractor
+from ..head.config import VictimConfig
+from ..head.objective import LinearHead
+from ..head.train import resolve_victim, train_head
 from ..progress import Reporter
 from ..shared_work import SharedWork
 from ..threads import single_thread_if_small
-from ..victim import LinearHead, VictimConfig, resolve_victim, train_head
 from .certify import BOUND, bound_rows, check_bounds_data, dpa_rows
 from .config import AttackSpec, Config, ExtractorConfig, SettingConfig, load_config
 from .plan import cell_id, check_same_experiment, config_id

@@ -3,7 +3,7 @@
 The victim sweeps ``C`` over a grid on a stratified validation split of its (possibly
 poisoned) training set, keeps the most accurate (the first in grid order on ties, as
 scikit-learn's ``LogisticRegressionCV`` does), and refits on all of it. The head fit is
-passed in (``fit``), so this module needs nothing from ``victim.py``.
+passed in (``fit``), so this module needs nothing from ``train.py``.
 """
 
 from __future__ import annotations

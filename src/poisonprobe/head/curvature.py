@@ -1,9 +1,8 @@
-"""Exact second-order tools for the victim's head: curvature (Hessian-vector products,
-explicit Hessian, preconditioned CG) and a warm-started Newton solve.
+"""Curvature of the victim objective: Hessian-vector products, the explicit Hessian, the
+Kronecker-factored preconditioner and (preconditioned) conjugate gradient.
 
-The victim objective is strictly convex in W (weight decay > 0), so Newton reaches the unique
-minimiser to ~1e-10 in a few steps, where L-BFGS stalls around 1e-6 on ill-conditioned SSL
-features. Gradient canceling and TGDA's implicit hypergradient both assume ``∇F = 0``.
+The victim objective is strictly convex in W (weight decay > 0); Newton's method
+(``head/solvers.py``) and TGDA's implicit hypergradient solve with this curvature.
 """
 
 from __future__ import annotations
@@ -13,19 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from .victim import LinearHead, row_softmax
-
-# Passes over the N rows go in chunks of at most this many (rows × classes) elements, so the
-# (N, k) logits/softmax temporaries stay ~32 MB at k = 1000 (ImageNet-sized heads, N = 100k
-# would otherwise hold several N×k float64 arrays, 0.8 GB each); at k = 10 a chunk is 400k
-# rows, i.e. one chunk and the same arithmetic as unchunked for any usual N.
-CHUNK_ELEMENTS = 4_000_000
-
-
-def row_chunks(n: int, k: int) -> list[slice]:
-    """Row slices covering ``range(n)`` with at most ``CHUNK_ELEMENTS`` (rows × k) each."""
-    rows = max(256, CHUNK_ELEMENTS // max(k, 1))
-    return [slice(i, min(n, i + rows)) for i in range(0, n, rows)]
+from .objective import LinearHead, row_chunks, row_softmax
 
 
 def exact_is_cheap(n: int, k: int, d: int, device_type: str = "cpu") -> bool:
@@ -205,7 +192,7 @@ def kronecker_eig(
     """Eigenbasis of the Kronecker approximation ``Ā ⊗ C + wd·I`` of the head's Hessian:
     ``(Qa, Qc, λa λcᵀ + wd)`` with ``Ā`` (k×k) the softmax curvature and ``C`` given by
     ``feature_eig``. Newton's preconditioner applies its inverse, the cold-start L-BFGS its
-    inverse square root (``head_lbfgs``)."""
+    inverse square root (``solvers.lbfgs_float32``)."""
     la, qa = torch.linalg.eigh(abar)
     lc, qc = feature_eig
     return qa, qc, la.clamp_min(0)[:, None] * lc.clamp_min(0)[None, :] + wd
@@ -243,110 +230,3 @@ def conjugate_gradient(
         p = zr + (rz_new / rz.clamp_min(1e-300)) * p
         rz = rz_new
     return x
-
-
-def flat_objective(
-    theta: torch.Tensor, z: torch.Tensor, yoh: torch.Tensor, wd: float, k: int, grad: bool = True
-) -> tuple[float, torch.Tensor | None]:
-    """The victim objective F and its flat gradient (closed form, float64).
-
-    ``yoh``: one-hot/soft targets (n, k), or integer labels (n,) (no (n, k) one-hot array).
-    ``z`` may be float32: rows are converted chunk by chunk, so the sums are float64 without
-    a float64 copy of the features (1.6 GB at N = 100k, d = 2048)."""
-    n, d = z.shape
-    w, b = theta[: k * d].reshape(k, d), theta[k * d :]
-    hard = yoh.ndim == 1
-    ce = torch.zeros((), dtype=torch.float64, device=theta.device)
-    gw = torch.zeros(k, d, dtype=torch.float64, device=theta.device) if grad else None
-    gb = torch.zeros(k, dtype=torch.float64, device=theta.device) if grad else None
-    for rows in row_chunks(n, k):
-        zc = z[rows].to(torch.float64)
-        logp = row_softmax(torch.addmm(b, zc, w.T), log=True)
-        if hard:
-            yc = yoh[rows].long()[:, None]
-            ce -= logp.gather(1, yc).sum()
-        else:
-            ce -= (yoh[rows] * logp).sum()
-        if grad:
-            resid = logp.exp()
-            if hard:
-                resid.scatter_add_(1, yc, torch.full_like(yc, -1, dtype=resid.dtype))
-            else:
-                resid -= yoh[rows]
-            gw.addmm_(resid.T, zc)
-            gb += resid.sum(0)
-    loss = float(ce / n + 0.5 * wd * (w**2).sum())
-    if not grad:
-        return loss, None
-    return loss, torch.cat([(gw / n + wd * w).reshape(-1), gb / n])
-
-
-def newton_solve(
-    head: LinearHead,
-    z: torch.Tensor,
-    y: torch.Tensor,
-    wd: float,
-    tol: float = 1e-9,
-    max_steps: int = 30,
-    cg_iters: int = 100,
-    eig: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> LinearHead:
-    """Minimise F exactly: warm-started Newton with preconditioned-CG steps + backtracking.
-
-    ``victim.train_head``'s L-BFGS stalls near ``||∇F|| ~ 1e-6`` on SSL features (κ ~ 1e4)
-    after hundreds of iterations; Newton reaches ``tol`` in a handful of steps, which the
-    implicit-function hypergradient needs (it assumes ``∇F = 0``). ``eig``: a
-    ``feature_eig``-like decomposition to reuse for the preconditioner.
-    """
-    k, d = head.weight.shape
-    # the features as given (float32 stays float32: flat_objective sums in float64 chunk by
-    # chunk, the inner CG runs on float32 anyway): no float64 copy of an (N, d) matrix
-    zd = z.detach().to(head.weight.device)
-    if not zd.dtype.is_floating_point:
-        zd = zd.to(torch.float64)
-    yoh = y.long().to(zd.device)  # labels: no (N, k) one-hot
-    theta = head.flat().detach().clone()
-    loss, g = flat_objective(theta, zd, yoh, wd, k)
-    z_as = {zd.dtype: zd}
-    for _ in range(max_steps):
-        gnorm = float(g.norm())
-        if gnorm <= tol:
-            break
-        eig = feature_eig(zd) if eig is None else eig
-        now = LinearHead.from_flat(theta, k, d)
-        t = None
-        # gradient and line search in float64; the inner CG on float32 curvature first
-        # (inexact Newton needs the step only to the CG tolerance, ≥ 1e-5 relative), float64
-        # when that step fails (a softmax saturated in float32 at a tiny weight decay)
-        for dtype in (torch.float32, torch.float64):
-            if dtype not in z_as:  # converted once per solve, not once per Newton step
-                z_as[dtype] = zd.to(dtype)
-            curv = HeadCurvature(now, z_as[dtype], wd, eig, dtype)
-            step = curv.solve_cg(g, iters=cg_iters, tol=min(0.5, math.sqrt(gnorm)))
-            t = _backtrack(theta, step, g, loss, lambda th: flat_objective(th, zd, yoh, wd, k)[0])
-            if t is not None:
-                break
-        if t is None:  # no descent direction even in float64: as exact as it gets
-            break
-        theta = theta - t * step
-        loss, g = flat_objective(theta, zd, yoh, wd, k)
-    return LinearHead.from_flat(theta, k, d)
-
-
-def _backtrack(
-    theta: torch.Tensor,
-    step: torch.Tensor,
-    g: torch.Tensor,
-    loss: float,
-    objective: Callable[[torch.Tensor], float],
-) -> float | None:
-    """Armijo step length along ``-step`` (halving from 1), or None if there is none."""
-    if not bool(torch.isfinite(step).all()):
-        return None
-    slope = float(g @ step)
-    t = 1.0
-    while t > 1e-10:
-        if objective(theta - t * step) <= loss - 1e-4 * t * slope:
-            return t
-        t *= 0.5
-    return None
