@@ -163,7 +163,7 @@ def digits_setting(name: str = "finetune"):
     """A setting of the embedded default run, prepared exactly as ``poisonprobe run`` does:
     cached SimCLR smallcnn on digits, cached features, exact clean head."""
     from poisonprobe.experiment.config import load_config
-    from poisonprobe.experiment.runner import prepare
+    from poisonprobe.experiment.prepare import prepare
     from poisonprobe.extractors.cache import FeatureCache
     from poisonprobe.progress import Reporter
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from poisonprobe.errors import ConfigError
-from poisonprobe.experiment import plan, runner
+from poisonprobe.experiment import cell, plan, prepare, runner
 from poisonprobe.experiment.config import load_config
 from poisonprobe.experiment.results import row_key
 
@@ -62,7 +62,7 @@ def test_unchanged_rerun_recomputes_nothing(tmp_path, small, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("an unchanged rerun retrained a victim")
 
-    monkeypatch.setattr(runner, "evaluate", no_work)
+    monkeypatch.setattr(cell, "evaluate", no_work)
     again = runner.run(small, out=tmp_path, quiet=True)
     pd.testing.assert_frame_equal(first, again)
 
@@ -99,7 +99,7 @@ def test_a_regime_the_config_did_not_ask_for_is_refused(small):
     with pytest.raises(ConfigError, match="label-flip.*runs only in regime"):
         load_config(dict(small, regimes=["unconstrained"], attacks=["label-flip"]))
     cfg = load_config(dict(small, regimes=["unconstrained"], attacks=["gc-input", "ft-ideal"]))
-    regimes = {spec.name: runner.attack_regimes(spec, cfg) for spec in cfg.attacks}
+    regimes = {spec.name: cell.attack_regimes(spec, cfg) for spec in cfg.attacks}
     assert regimes == {"gc-input": ["unconstrained"], "ft-ideal": ["feature"]}
 
 
@@ -134,7 +134,7 @@ def test_attack_context_puts_the_extractor_in_eval_mode(small):
         train=data,
         z_train=torch.zeros(len(data), 4),
         clean_head=LinearHead(torch.zeros(10, 4, dtype=torch.float64), torch.zeros(10)),
-        victim=runner.victim_config(load_config(small)),
+        victim=prepare.victim_config(load_config(small)),
         threat=ThreatModel(eps=0.1, domain=data.domain),
         seed=0,
     )

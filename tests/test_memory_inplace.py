@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from poisonprobe.attacks.base import AttackContext, ThreatModel
+from poisonprobe.attacks.common import PixelOptimizer, cosine_lr
 from poisonprobe.attacks.emn import emn_project_
-from poisonprobe.attacks.gc_input import PixelOptimizer, cosine_lr
 from poisonprobe.attacks.inversion import Decoder, decode, feature_match
 from poisonprobe.data.base import ImageDataset
 from poisonprobe.domain import InputDomain

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from poisonprobe.data import load_dataset
-from poisonprobe.data.reshape import split_shape_suffix
+from poisonprobe.data.base import split_shape_suffix
 from poisonprobe.errors import DataError
 from poisonprobe.experiment.config import load_config
 

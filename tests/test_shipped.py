@@ -14,7 +14,7 @@ import torch
 from poisonprobe.data import load_dataset
 from poisonprobe.errors import CheckpointError
 from poisonprobe.experiment.config import ExtractorConfig, load_config, with_pretrain
-from poisonprobe.experiment.runner import obtain_extractor
+from poisonprobe.experiment.prepare import obtain_extractor
 from poisonprobe.extractors import shipped
 from poisonprobe.extractors.archs import build_extractor
 from poisonprobe.extractors.cache import extractor_digest

@@ -1,5 +1,11 @@
-"""Poisoning attacks: one registered function each, one uniform call."""
+"""Poisoning attacks: one registered function each, one uniform call.
 
+The registry (``base.py``) is filled here, by importing every attack module: importing any
+``poisonprobe.attacks`` module runs this first, so the registry is always complete.
+"""
+
+# registration: each attack module registers itself on import (each imports base)
+from . import baselines, emn, feature_targeted, gc_input, kkt, min_max, tgda  # noqa: F401
 from .base import (
     REGIMES,
     AttackContext,

@@ -344,16 +344,12 @@ def check_embedding_attack(name: str, where: str) -> None:
 
 
 def get_attack(name: str) -> AttackInfo:
-    from . import _load_all  # noqa: F401  (import side effect: registration)
-
     if name not in _ATTACKS:
         raise ConfigError(f"unknown attack {name!r}; choose one of: {', '.join(sorted(_ATTACKS))}")
     return _ATTACKS[name]
 
 
 def attack_names() -> list[str]:
-    from . import _load_all  # noqa: F401
-
     return sorted(_ATTACKS)
 
 

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..head.solvers import newton_solve
 from ._optim import Plateau, stop_rule
 from .base import AttackContext, PoisonSet, clip_linf_, register_attack
-from .gc_input import feature_loss_and_grad
+from .common import feature_loss_and_grad
 
 
 def emn_project_(

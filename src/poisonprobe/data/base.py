@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,28 @@ from ..domain import InputDomain
 from ..errors import DataError
 
 CHECK_CHUNK = 4096  # images per slice when validating pixels
+
+
+_SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
+MAX_SIDE = 1024
+
+
+def split_shape_suffix(spec: str) -> tuple[str, tuple[int, int, int] | None]:
+    """``"digits@3x32x32"`` -> ``("digits", (3, 32, 32))``; no suffix -> ``(spec, None)``."""
+    base, at, tail = spec.rpartition("@")
+    if not at:
+        return spec, None
+    m = _SHAPE.match(tail)
+    if m is None:
+        raise DataError(
+            f"dataset spec {spec!r}: shape suffix {tail!r} must read CxHxW, e.g. {base}@3x32x32"
+        )
+    c, h, w = (int(g) for g in m.groups())
+    if c not in (1, 3) or not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise DataError(
+            f"dataset spec {spec!r}: shape {tail} needs 1 or 3 channels and sides in 1..{MAX_SIDE}"
+        )
+    return base, (c, h, w)
 
 
 def check_images(domain: InputDomain, x: torch.Tensor, what: str) -> None:
@@ -121,8 +144,6 @@ def register_dataset(
 
 def resplits(spec: str) -> bool:
     """Does this dataset spec draw its train/test split from the split seed?"""
-    from .reshape import split_shape_suffix
-
     return split_shape_suffix(spec)[0].partition(":")[0] in _RESPLITS
 
 
@@ -136,22 +157,9 @@ def default_data_root() -> Path:
     return Path(os.environ.get("POISONPROBE_DATA") or default_cache_dir() / "data")
 
 
-def load_dataset(
-    spec: str, root: str | Path | None = None, seed: int = 0, download: bool = True
-) -> DatasetSplits:
-    """Load a dataset by spec: ``digits``, ``cifar10``, ``imagefolder:PATH``, ``npz:PATH``.
-
-    A trailing ``@CxHxW`` renders the dataset at that image shape (see ``reshape.py``).
-    """
-    from .reshape import reshape_splits, split_shape_suffix
-
-    spec, shape = split_shape_suffix(spec)
-    if shape is not None:
-        return reshape_splits(load_dataset(spec, root, seed, download), shape)
-    name, _, arg = spec.partition(":")
+def get_loader(name: str, spec: str) -> Loader:
+    """The loader registered as ``name`` (``spec``: the full spec, for the error message)."""
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY))
         raise DataError(f"unknown dataset {spec!r}; choose one of: {known}")
-    loader, _ = _REGISTRY[name]
-    root_path = Path(root) if root is not None else default_data_root()
-    return loader(arg or None, root=root_path, seed=seed, download=download)
+    return _REGISTRY[name][0]

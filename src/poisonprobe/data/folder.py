@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_write_bytes_via
-from ..domain import InputDomain
+from ..domain import InputDomain, channel_stats
 from ..errors import DataError
 from .base import DatasetSplits, ImageDataset, register_dataset
 
@@ -94,36 +94,6 @@ def uint8_to_float(x: np.ndarray, channels_last: bool) -> torch.Tensor:
     if channels_last:
         t = t.permute(0, 3, 1, 2)
     return t.contiguous().to(torch.float32).div_(255.0)
-
-
-def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std in [0, 1] units of (N, C, H, W) images, rounded to 4 places.
-
-    uint8 images (read as /255) go through exact 256-bin histograms, fast and without a
-    float64 copy of the dataset; float images accumulate in float64 chunk by chunk. The
-    std has a floor so that constant images cannot make normalisation divide by zero.
-    """
-    means, stds = [], []
-    for c in range(x.shape[1]):
-        plane = x[:, c].reshape(-1)
-        if x.dtype == torch.uint8:
-            hist = torch.bincount(plane, minlength=256).double()
-            levels = torch.arange(256, dtype=torch.float64) / 255.0
-            n = hist.sum()
-            mean = (hist * levels).sum() / n
-            var = (hist * (levels - mean) ** 2).sum() / n
-        else:
-            total = torch.zeros((), dtype=torch.float64)
-            total_sq = torch.zeros((), dtype=torch.float64)
-            for chunk in torch.split(plane, 1 << 22):
-                d = chunk.double()
-                total += d.sum()
-                total_sq += (d * d).sum()
-            mean = total / plane.numel()
-            var = (total_sq / plane.numel() - mean**2).clamp_min(0)
-        means.append(round(float(mean), 4))
-        stds.append(round(max(math.sqrt(float(var)), 1e-3), 4))
-    return tuple(means), tuple(stds)
 
 
 def stratified_pick(labels: np.ndarray, cap: int, stream: int = 0) -> np.ndarray:

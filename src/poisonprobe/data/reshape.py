@@ -8,35 +8,11 @@ statistics are re-measured on the new training split.
 
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.nn.functional as F
 
-from ..domain import InputDomain
-from ..errors import DataError
+from ..domain import InputDomain, channel_stats
 from .base import DatasetSplits, ImageDataset
-
-_SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
-MAX_SIDE = 1024
-
-
-def split_shape_suffix(spec: str) -> tuple[str, tuple[int, int, int] | None]:
-    """``"digits@3x32x32"`` -> ``("digits", (3, 32, 32))``; no suffix -> ``(spec, None)``."""
-    base, at, tail = spec.rpartition("@")
-    if not at:
-        return spec, None
-    m = _SHAPE.match(tail)
-    if m is None:
-        raise DataError(
-            f"dataset spec {spec!r}: shape suffix {tail!r} must read CxHxW, e.g. {base}@3x32x32"
-        )
-    c, h, w = (int(g) for g in m.groups())
-    if c not in (1, 3) or not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
-        raise DataError(
-            f"dataset spec {spec!r}: shape {tail} needs 1 or 3 channels and sides in 1..{MAX_SIDE}"
-        )
-    return base, (c, h, w)
 
 
 def _convert(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -60,8 +36,6 @@ def _convert(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
 
 def reshape_splits(data: DatasetSplits, shape: tuple[int, int, int]) -> DatasetSplits:
     """Both splits at ``shape``; the domain's mean/std are measured on the new train split."""
-    from .folder import channel_stats
-
     if data.domain.shape == shape:
         return data
     x_train, x_test = _convert(data.train.x, shape), _convert(data.test.x, shape)

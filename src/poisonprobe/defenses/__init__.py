@@ -1,5 +1,10 @@
-"""Sanitisation defences: run on the victim's training set before the head trains."""
+"""Sanitisation defences: run on the victim's training set before the head trains.
 
+The registry (``base.py``) is filled here, by importing every defence module: importing any
+``poisonprobe.defenses`` module runs this first, so the registry is always complete.
+"""
+
+from . import filters  # noqa: F401  (registration; after base, which it imports)
 from .base import (
     DefenseInfo,
     DefenseInput,

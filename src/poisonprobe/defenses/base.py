@@ -105,12 +105,7 @@ def register_defense(
     return deco
 
 
-def _load() -> None:
-    from . import filters  # noqa: F401  (import side effect: registration)
-
-
 def get_defense(name: str) -> DefenseInfo:
-    _load()
     if name not in _DEFENSES:
         raise ConfigError(
             f"unknown defence {name!r}; choose one of: {', '.join(sorted(_DEFENSES))}"
@@ -120,7 +115,6 @@ def get_defense(name: str) -> DefenseInfo:
 
 def defense_names() -> dict[str, str]:
     """Registered defences, name -> one-line description, sorted by name."""
-    _load()
     return {name: _DEFENSES[name].description for name in sorted(_DEFENSES)}
 
 

@@ -413,8 +413,8 @@ class Config(Strict):
         for spec in self.defenses:
             parse_defense(spec)
         from ..data import dataset_names
+        from ..data.base import split_shape_suffix
         from ..data.loaders.features import is_features_spec
-        from ..data.reshape import split_shape_suffix
 
         known = dataset_names()
         for setting in self.settings:
@@ -607,7 +607,7 @@ def resolve_spec(spec: Any, base: Path) -> Any:
     """``imagefolder:rel/dir?train=100@1x8x8`` -> the same spec with an absolute path."""
     if not isinstance(spec, str):
         return spec
-    from ..data.reshape import split_shape_suffix
+    from ..data.base import split_shape_suffix
 
     try:
         body, shape = split_shape_suffix(spec)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._io import atomic_save
+from .._io import atomic_save, default_cache_dir
 from ..data.base import ImageDataset
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,6 @@ class FeatureCache:
     """
 
     def __init__(self, cache_dir: str | Path | None | bool = None, batch_size: int = 512):
-        from .pretrain import default_cache_dir
-
         if cache_dir is False:
             self.dir: Path | None = None
         else:

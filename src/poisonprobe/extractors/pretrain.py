@@ -273,7 +273,7 @@ def pretrain_spec(train: ImageDataset, arch: str, cfg: PretrainConfig, seed: int
 
 def pretrain_key(train: ImageDataset, arch: str, cfg: PretrainConfig, seed: int) -> str:
     """The cache file name: :func:`pretrain_spec` plus the package version."""
-    from .. import __version__
+    from .._version import __version__
 
     spec = {**pretrain_spec(train, arch, cfg, seed), "version": __version__}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]

@@ -13,10 +13,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, PoisonProbeError
-from ..progress import Reporter
-from .config import Config
-from .results import ResultsStore
+import torch
+
+from ...defenses import parse_defense
+from ...errors import ConfigError, PoisonProbeError
+from ...extractors.cache import FeatureCache
+from ...progress import Reporter
+from ..cell import run_unit_cells, unit_cells
+from ..config import Config, load_config
+from ..prepare import prepare, resolve_device, victim_config
+from ..results import ResultsStore
 
 log = logging.getLogger("poisonprobe")
 
@@ -62,13 +68,6 @@ def run_unit(
     run_id: str,
 ) -> list[dict[str, Any]]:
     """Worker body: prepare (cache hits) and run one seed's cells; return the new rows."""
-    import torch
-
-    from ..defenses import parse_defense
-    from ..extractors.cache import FeatureCache
-    from .config import load_config
-    from .runner import _run_seed, prepare, resolve_device, victim_config
-
     if os.path.isdir(cwd):
         os.chdir(cwd)  # relative data, checkpoint and output paths mean what they mean locally
     torch.set_num_threads(threads)
@@ -81,7 +80,7 @@ def run_unit(
     sink = RowCollector(done)
     defenses = [parse_defense(d) for d in cfg.defenses]
     vcfg = victim_config(cfg)
-    _run_seed(prep, cfg, seed, defenses, vcfg, sink, reporter, device, Path(out_dir), run_id)
+    run_unit_cells(prep, cfg, seed, defenses, vcfg, sink, reporter, device, Path(out_dir), run_id)
     return sink.rows
 
 
@@ -101,10 +100,6 @@ def run_ray(
     Uses an already initialised Ray, else connects to ``address``, else starts a local
     instance with every CPU (and shuts down only what it started).
     """
-    import torch
-
-    from .runner import unit_cells
-
     ray = import_ray()
     units = []
     for prep in preps:
