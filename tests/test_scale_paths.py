@@ -132,3 +132,26 @@ def test_pair_maxima_keeps_the_worst_pairs_across_chunks(tiny_chunks):
     assert sorted(kept5.tolist()) == sorted(vals.topk(5).indices.tolist())
     torch.testing.assert_close(points5, corner[kept5])
     assert int(vals.argmax()) in kept5.tolist()
+
+
+def test_slab_lines_from_rest_means_match_the_complement(tiny_chunks):
+    from poisonprobe.bounds.feasible import _slab_dirs
+    from poisonprobe.defenses.filters import class_geometry
+
+    k = 5
+    z, y = _mixture(700, 6, k)
+    zd = z.double()
+    center, direction, sphere, slab = class_geometry(z, y, k)
+    dirs = _slab_dirs(z, y, center, k, "rest", {})
+    for c in range(k):  # brute force: the mean of every point with another label
+        line = zd[y == c].mean(0) - zd[y != c].mean(0)
+        torch.testing.assert_close(direction[c], line / line.norm(), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(dirs[c], line / line.norm(), rtol=1e-10, atol=1e-12)
+    diff = zd - center[y]
+    torch.testing.assert_close(sphere, diff.norm(dim=1))
+    torch.testing.assert_close(slab, (diff * direction[y]).sum(1).abs())
+    near = _slab_dirs(z, y, center, k, "nearest", {})
+    for c in range(k):
+        dist = [(float((center[o] - center[c]).norm()), o) for o in range(k) if o != c]
+        line = center[c] - center[min(dist)[1]]
+        torch.testing.assert_close(near[c], line / line.norm())
