@@ -37,8 +37,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..head.config import VictimConfig
-from ..head.curvature import HeadCurvature
-from ..head.objective import LinearHead, gradient_sums
+from ..head.curvature import HeadCurvature, exact_is_cheap
+from ..head.objective import LinearHead, gradient_sums, row_chunks
 from ..head.solvers import newton_solve
 from ..threads import single_thread_if_small
 from ._feasible import check_defense_kind, defense_feasible_set
@@ -85,9 +85,12 @@ class FollowerProblem:
         step's poison tensor (the follower solve and the hypergradient share it)."""
         if self._eig is not None and _same_tensor(self._eig_key, z_p):
             return self._eig
-        if self.gram is None:
-            zc = _with_ones(self.z_fol.to(torch.float64))
-            self.gram = zc.T @ zc
+        if self.gram is None:  # float64 sums over row chunks: no float64 copy of z_fol
+            d = self.z_fol.shape[1]
+            self.gram = torch.zeros(d + 1, d + 1, dtype=torch.float64, device=self.z_fol.device)
+            for rows in row_chunks(self.z_fol.shape[0], d):
+                zc = _with_ones(self.z_fol[rows].to(torch.float64))
+                self.gram.addmm_(zc.T, zc)
         zp = _with_ones(z_p.detach().to(self.gram.device, torch.float64))
         n = self.z_fol.shape[0] + zp.shape[0]
         self._eig = torch.linalg.eigh((self.gram + zp.T @ zp) / n)
@@ -126,19 +129,25 @@ def val_loss_and_grad(
     if kind not in LEADER_LOSSES:
         raise ConfigError(f"leader_loss={kind!r} is unknown; use one of {LEADER_LOSSES}")
     k, d = head.weight.shape
-    y = y_val.long()
-    with torch.enable_grad():
-        theta = head.flat().detach().clone().requires_grad_(True)
-        logits = LinearHead.from_flat(theta, k, d).logits(z_val.detach())
-        if kind == "ce":
-            loss = torch.nn.functional.cross_entropy(logits, y)
-        elif kind == "prob":
-            loss = 1.0 - torch.softmax(logits, dim=1).gather(1, y[:, None]).mean()
-        else:
-            other = logits.scatter(1, y[:, None], -torch.inf).amax(dim=1)
-            loss = (other - logits.gather(1, y[:, None])[:, 0]).clamp(max=0.0).mean()
-        (g,) = torch.autograd.grad(loss, theta)
-    return float(loss.detach()), g
+    n = int(z_val.shape[0])
+    total, g = 0.0, torch.zeros_like(head.flat())
+    # row chunks (one at k = 10): the autograd graph holds a few (chunk, k) arrays, not (N, k)
+    for rows in row_chunks(n, k):
+        y = y_val[rows].long()
+        with torch.enable_grad():
+            theta = head.flat().detach().clone().requires_grad_(True)
+            logits = LinearHead.from_flat(theta, k, d).logits(z_val[rows].detach())
+            if kind == "ce":
+                loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+            elif kind == "prob":
+                loss = (1.0 - torch.softmax(logits, dim=1).gather(1, y[:, None])).sum()
+            else:
+                other = logits.scatter(1, y[:, None], -torch.inf).amax(dim=1)
+                loss = (other - logits.gather(1, y[:, None])[:, 0]).clamp(max=0.0).sum()
+            (gc,) = torch.autograd.grad(loss / n, theta)
+        total += float(loss.detach()) / n
+        g += gc
+    return total, g
 
 
 def solve_follower_system(
@@ -172,15 +181,19 @@ def total_gradient_surrogate(
     the follower's current solution on ``D_f ∪ (z_p, y_p)``. Fills ``stats`` with the
     validation loss and solve time.
     """
-    zp_det = z_p.detach().to(torch.float64)
-    z_all = torch.cat([prob.z_fol.to(torch.float64), zp_det])
     loss, g = val_loss_and_grad(head, prob.z_val, prob.y_val, prob.leader_loss)
     t0 = time.perf_counter()
     wd = prob.victim.weight_decay
-    curv = HeadCurvature(head, z_all, wd, prob.preconditioner_eig(z_p))
-    if prob.hessian == "cg" or (prob.hessian == "auto" and not curv.auto_exact()):
-        # float32 CG by default: v only sets the leader's direction (Adam steps are scale-free)
-        curv = HeadCurvature(head, z_all, wd, prob.preconditioner_eig(z_p), prob.cg_dtype)
+    k, d = head.weight.shape
+    n_all = prob.z_fol.shape[0] + z_p.shape[0]
+    exact = prob.hessian == "exact" or (
+        prob.hessian == "auto" and exact_is_cheap(n_all, k, d, prob.z_fol.device.type)
+    )
+    # float32 CG by default: v only sets the leader's direction (Adam steps are scale-free);
+    # decided from the sizes, so the large case never makes a float64 copy of all features
+    dtype = torch.float64 if exact else prob.cg_dtype
+    z_all = torch.cat([prob.z_fol.to(dtype), z_p.detach().to(dtype)])
+    curv = HeadCurvature(head, z_all, wd, prob.preconditioner_eig(z_p), dtype)
     v, exact = solve_follower_system(curv, g, prob.hessian, prob.cg_iters, prob.v_prev, prob.cg_tol)
     prob.v_prev = v
     # the follower solve's accuracy: relative residual of H v = g off the flat bias direction
@@ -191,7 +204,6 @@ def total_gradient_surrogate(
     stats["solve_seconds"] = stats.get("solve_seconds", 0.0) + time.perf_counter() - t0
     stats["val_loss"] = loss
     stats["exact_hessian"] = float(exact)
-    k, d = head.weight.shape
     vw, vb = v[: k * d].reshape(k, d), v[k * d :]
     gw, gb = gradient_sums(head, z_p, y_p)
     return -((gw * vw).sum() + (gb * vb).sum()) / z_all.shape[0]
@@ -270,11 +282,15 @@ def follower_problem(
     fol_idx = rest_idx if follower_data == "rest" else torch.arange(n)
     z, y = ctx.z_train, ctx.train.y.to(ctx.z_train.device)
     vi, fi = val_idx.to(z.device), fol_idx.to(z.device)
+    # all of D_c (the default): the features themselves, not (N, d) copies (the mean
+    # validation loss does not depend on the order of its points)
+    every = follower_data == "all"
+    whole_val = n_val == n
     prob = FollowerProblem(
-        z_fol=z[fi],
-        y_fol=y[fi],
-        z_val=z[vi],
-        y_val=y[vi],
+        z_fol=z if every else z[fi],
+        y_fol=y if every else y[fi],
+        z_val=z if whole_val else z[vi],
+        y_val=y if whole_val else y[vi],
         n_classes=ctx.n_classes,
         victim=ctx.victim,
         hessian=hessian,

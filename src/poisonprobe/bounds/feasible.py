@@ -33,6 +33,7 @@ import torch
 
 from ..defenses.base import DefenseSpec, removal_count
 from ..errors import ConfigError
+from ..head.objective import row_chunks
 
 MODELLED = ("sphere", "slab", "input-box")
 """Defences the bound models (``input-box`` never removes a feature-space poison)."""
@@ -74,12 +75,17 @@ class FeasibleSet:
     @classmethod
     def box(cls, z: torch.Tensor, y: torch.Tensor, n_classes: int) -> FeasibleSet:
         """The clean-feature box alone (defence ``none``)."""
-        zd = z.detach().double()
-        low, high = zd.min(0).values, zd.max(0).values
-        center = torch.stack(
-            [zd[y == c].mean(0) if bool((y == c).any()) else zd.mean(0) for c in range(n_classes)]
-        )
-        inf = torch.full((n_classes,), float("inf"), dtype=torch.float64, device=zd.device)
+        z = z.detach()
+        low, high = z.min(0).values.double(), z.max(0).values.double()
+        # class means summed in float64 chunk by chunk: no float64 copy of z, no k masks
+        yl = y.long().to(z.device)
+        sums = torch.zeros(n_classes, z.shape[1], dtype=torch.float64, device=z.device)
+        for rows in row_chunks(z.shape[0], n_classes):
+            sums.index_add_(0, yl[rows], z[rows].double())
+        counts = torch.bincount(yl, minlength=n_classes)[:, None]
+        overall = sums.sum(0) / max(z.shape[0], 1)
+        center = torch.where(counts > 0, sums / counts.clamp_min(1), overall)
+        inf = torch.full((n_classes,), float("inf"), dtype=torch.float64, device=z.device)
         return cls(low, high, center, inf, torch.zeros_like(center), inf.clone())
 
 
@@ -106,7 +112,7 @@ def oracle_feasible_set(
     """The box ∩ the oracle sphere/slab of each step of ``spec`` (fraction default = eps)."""
     check_modellable(spec)
     fs = FeasibleSet.box(z, y, n_classes)
-    zd, yl = z.detach().double(), y.long().to(z.device)
+    zd, yl = z.detach(), y.long().to(z.device)  # float64 per class or per row chunk below
     for step in spec.steps:
         if step.name == "input-box":
             continue
@@ -114,22 +120,33 @@ def oracle_feasible_set(
         kw = step.kwargs
         centers = _centers(zd, yl, n_classes, kw.get("centroid", "mean"))
         if step.name == "sphere":
-            scores = (zd - centers[yl]).norm(dim=1)
+            scores = _row_scores(zd, yl, centers, None)
             radius = _kept_max(scores, yl, n_classes, fraction, kw.get("per_class", True))
             fs.radius = torch.minimum(fs.radius, radius)
             fs.center = centers
         else:
             dirs = _slab_dirs(zd, yl, centers, n_classes, kw.get("direction", "rest"), kw)
-            scores = ((zd - centers[yl]) * dirs[yl]).sum(1).abs()
+            scores = _row_scores(zd, yl, centers, dirs)
             fs.width = _kept_max(scores, yl, n_classes, fraction, kw.get("per_class", True))
             fs.slab_dir, fs.center = dirs, centers
     return fs
+
+
+def _row_scores(z, y, centers, dirs) -> torch.Tensor:
+    """Per point: distance to its class centre (``dirs`` None) or |projection on its slab
+    line|, in float64 row chunks (no float64 copy of all features)."""
+    out = torch.empty(z.shape[0], dtype=torch.float64, device=z.device)
+    for rows in row_chunks(z.shape[0], z.shape[1]):
+        diff = z[rows].double() - centers[y[rows]]
+        out[rows] = diff.norm(dim=1) if dirs is None else (diff * dirs[y[rows]]).sum(1).abs()
+    return out
 
 
 def _centers(z: torch.Tensor, y: torch.Tensor, k: int, how: str) -> torch.Tensor:
     out = []
     for c in range(k):
         zc = z[y == c] if bool((y == c).any()) else z
+        zc = zc.double()
         out.append(zc.median(0).values if how == "median" else zc.mean(0))
     return torch.stack(out)
 
@@ -138,15 +155,25 @@ def _slab_dirs(z, y, centers, k: int, direction: str, kw) -> torch.Tensor:
     """The filter's slab line per class (unit), as ``filters.slab_scores`` draws it."""
     how = kw.get("centroid", "mean")
     dirs = torch.zeros_like(centers)
+    total = None
+    if direction != "nearest" and how == "mean":  # rest mean = (total − class sum) / count
+        total = torch.zeros(z.shape[1], dtype=torch.float64, device=z.device)
+        for rows in row_chunks(z.shape[0], z.shape[1]):
+            total += z[rows].double().sum(0)
     for c in range(k):
         if direction == "nearest":
-            others = [(float((centers[o] - centers[c]).norm()), o) for o in range(k) if o != c]
-            other = centers[min(others)[1]] if others else None
+            dist = (centers - centers[c]).norm(dim=1)  # vectorised over the other classes
+            dist[c] = float("inf")
+            other = centers[int(dist.argmin())] if k > 1 else None  # ties: lower index
+        elif total is not None:
+            n_c = int((y == c).sum())
+            n_rest = z.shape[0] - n_c
+            other = (total - centers[c] * n_c) / n_rest if n_rest else None
         else:
-            rest = z[y != c]
+            rest = z[y != c].double()
             other = None
             if rest.shape[0]:
-                other = rest.median(0).values if how == "median" else rest.mean(0)
+                other = rest.median(0).values
         if other is not None and float((centers[c] - other).norm()) > 0:
             line = centers[c] - other
             dirs[c] = line / line.norm()

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..defenses.base import DefenseSpec
-from ..head.objective import LinearHead
+from ..head.objective import LinearHead, row_chunks
 from ..shared_work import shared
 from .feasible import FeasibleSet, max_linear, oracle_feasible_set
 
@@ -69,9 +69,13 @@ class MinimaxResult:
 
 
 def clean_loss(head: LinearHead, z: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean CE of ``head`` on ``(z, y)`` (float64)."""
-    logits = head.to(z.device, torch.float64).logits(z.double())
-    return float(F.cross_entropy(logits, y.long().to(z.device)))
+    """Mean CE of ``head`` on ``(z, y)`` (float64, in row chunks)."""
+    h = head.to(z.device, torch.float64)
+    yl = y.long().to(z.device)
+    total = 0.0
+    for rows in row_chunks(z.shape[0], h.n_classes):
+        total += float(F.cross_entropy(h.logits(z[rows]), yl[rows], reduction="sum"))
+    return total / max(z.shape[0], 1)
 
 
 def relaxed_loss(m: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -79,20 +83,50 @@ def relaxed_loss(m: torch.Tensor, n_classes: int) -> torch.Tensor:
     return torch.logaddexp(torch.zeros_like(m), m + math.log(max(n_classes - 1, 1)))
 
 
+# (pairs × d) elements per max_linear call, and of worst points kept: the (y, j) pairs number
+# L·(K−1), ~1e6 at K = 1000, whose (pairs, d) float64 arrays (16 GB at d = 2048) are never
+# held at once; at K = 10 every pair fits one chunk and is kept (the unchunked arithmetic)
+PAIR_CHUNK_ELEMENTS = 2**23
+KEEP_ELEMENTS = 2**23
+
+
 def pair_maxima(
-    weight: torch.Tensor, bias: torch.Tensor, fs: FeasibleSet
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    weight: torch.Tensor, bias: torch.Tensor, fs: FeasibleSet, keep: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """For every feasible label y and class j ≠ y: an upper bound on ``max_{z∈F_y}
     (w_j − w_y)·z + b_j − b_y`` and a feasible point attaining (nearly) it.
-    Returns flat (ys, js, values, points) over the L·(K−1) pairs."""
-    k = fs.n_classes
+
+    Returns flat (ys, js, values) over the L·(K−1) pairs, and (kept, points): the indices
+    of the ``keep`` pairs of largest value (default ``KEEP_ELEMENTS // d``; every pair, in
+    order, when they are no more) and their points. Runs over label chunks, so memory is
+    O(chunk·d + keep·d) whatever K."""
+    k, d = fs.n_classes, weight.shape[1]
+    keep = max(1, KEEP_ELEMENTS // max(d, 1)) if keep is None else keep
     labels = torch.tensor(fs.labels, dtype=torch.long, device=weight.device)
     ys = labels.repeat_interleave(k - 1)
-    js = torch.stack(
-        [torch.tensor([j for j in range(k) if j != y], device=weight.device) for y in fs.labels]
-    ).reshape(-1)
-    val, x = max_linear(fs, ys, weight[js] - weight[ys], bias[js] - bias[ys])
-    return ys, js, val, x
+    others = torch.arange(k - 1, device=weight.device)
+    js = (others[None, :] + (others[None, :] >= labels[:, None]).long()).reshape(-1)
+    n_pairs = int(ys.numel())
+    step = max(k - 1, (PAIR_CHUNK_ELEMENTS // max(d, 1)) // (k - 1) * (k - 1))
+    vals: list[torch.Tensor] = []
+    kept = torch.zeros(0, dtype=torch.long, device=weight.device)
+    kept_val = torch.zeros(0, dtype=torch.float64, device=weight.device)
+    points = torch.zeros(0, d, dtype=torch.float64, device=weight.device)
+    for start in range(0, n_pairs, step):
+        cy, cj = ys[start : start + step], js[start : start + step]
+        val, x = max_linear(fs, cy, weight[cj] - weight[cy], bias[cj] - bias[cy])
+        vals.append(val)
+        idx = torch.arange(start, start + val.numel(), device=weight.device)
+        # merge with the best so far and keep the largest
+        kept, kept_val = torch.cat([kept, idx]), torch.cat([kept_val, val])
+        points = torch.cat([points, x.to(points.dtype)])
+        if kept.numel() > keep:
+            top = kept_val.topk(keep).indices
+            kept, kept_val, points = kept[top], kept_val[top], points[top]
+    if kept.numel() == n_pairs:  # everything kept: pair order
+        order = kept.argsort()
+        kept, points = kept[order], points[order]
+    return ys, js, torch.cat(vals), kept, points
 
 
 def minimax(
@@ -112,7 +146,7 @@ def minimax(
     cosine-decayed rate ``lr`` relative to that head's RMS weight; keep the smallest U."""
     from ..threads import single_thread_if_small
 
-    zd = z.detach().double()
+    zd = z.detach()  # its own dtype: row chunks are summed in float64 (no float64 copy)
     yl = y.long().to(zd.device)
     head0 = init.to(zd.device, torch.float64)
     base = clean_loss(head0, zd, yl)
@@ -129,11 +163,21 @@ def _loop(zd, yl, k, wd, n_poison, fs, head0, steps, lr, tau0, base) -> MinimaxR
     reg = (n + n_poison) / n * wd / 2
 
     def value(w: torch.Tensor, b: torch.Tensor):
-        ys, js, margins, points = pair_maxima(w, b, fs)
+        ys, js, margins, kept, points = pair_maxima(w, b, fs)
         worst = int(margins.argmax())  # relaxed_loss is increasing: the worst pair
-        lc = F.cross_entropy(zd @ w.T + b, yl)
+        lc = clean_ce(w, b)
         u = float(lc) + share * float(relaxed_loss(margins[worst], k))
-        return u + reg * float((w**2).sum()), ys, js, margins, points
+        # the pairs whose points the smoothed maximum's gradient uses (the largest margins;
+        # the rest weigh < e^-40 at the end of the schedule, and U is exact regardless)
+        return u + reg * float((w**2).sum()), ys[kept], js[kept], margins[kept], points
+
+    def clean_ce(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Mean clean CE in row chunks (one at K = 10): no (N, K) logits at K = 1000."""
+        total = torch.zeros((), dtype=torch.float64, device=zd.device)
+        for rows in row_chunks(n, k):
+            logits = zd[rows].double() @ w.T + b
+            total = total + F.cross_entropy(logits, yl[rows], reduction="sum")
+        return total / n
 
     best_u, best_head, best_alpha = math.inf, None, 1.0
     with torch.no_grad():
@@ -152,13 +196,13 @@ def _loop(zd, yl, k, wd, n_poison, fs, head0, steps, lr, tau0, base) -> MinimaxR
             group["lr"] = lr * scale * 0.5 * (1 + math.cos(math.pi * t / steps))
         with torch.no_grad():
             u, py, pj, margins, points = value(w, b)
-        worst = int(margins.argmax())
+        worst = int(margins.argmax())  # among the kept pairs: the overall worst is kept
         values.append(u)
         xs.append(points[worst])
         ys.append(py[worst])
         if u < best_u:
             best_u, best_head = u, LinearHead(w.detach().clone(), b.detach().clone())
-        lc = F.cross_entropy(zd @ w.T + b, yl)
+        lc = clean_ce(w, b)
         # a smoothed max over the (y, j) pairs, each at its worst point (Danskin): its gradient
         # approaches a subgradient of U as tau shrinks; U itself is evaluated exactly above
         m = ((w[pj] - w[py]) * points).sum(1) + b[pj] - b[py]

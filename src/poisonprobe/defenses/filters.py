@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..head.objective import row_chunks
 from ..head.train import train_head
 from .base import DefenseInput, register_defense, remove_top
 
@@ -35,8 +36,8 @@ def _centroid(z: torch.Tensor, how: str) -> torch.Tensor:
     """Class centre: the mean, or the coordinate-wise median (robust to a poison cluster
     that would otherwise drag the mean, and with it the sphere, towards itself)."""
     if how == "median":
-        return z.median(dim=0).values  # lower median for even counts: deterministic
-    return z.mean(dim=0)
+        return z.median(dim=0).values.double()  # lower median for even counts: deterministic
+    return z.double().mean(dim=0)
 
 
 def _centroids(
@@ -63,13 +64,29 @@ def input_box(inp: DefenseInput, fraction: float) -> torch.Tensor:
     return inp.in_box.clone()
 
 
+def _rest_means(z: torch.Tensor, y: torch.Tensor, cents: dict[int, torch.Tensor]) -> dict:
+    """Mean of all points with another label, per class: (total − class sum) / count, one
+    float64 pass instead of a copy of the other N − n_c rows per class (k = 1000: 1000 copies
+    of nearly all features)."""
+    total = torch.zeros(z.shape[1], dtype=torch.float64, device=z.device)
+    for rows in row_chunks(z.shape[0], z.shape[1]):
+        total += z[rows].double().sum(0)
+    out = {}
+    for c, mu in cents.items():
+        n_c = int((y == c).sum())
+        if n_c < z.shape[0]:
+            out[c] = (total - mu * n_c) / (z.shape[0] - n_c)
+    return out
+
+
 def sphere_scores(inp: DefenseInput, centroid: str = "mean") -> torch.Tensor:
-    """L2 distance of each point to its own class's centre."""
-    z = inp.z.double()
+    """L2 distance of each point to its own class's centre (float64, one class at a time:
+    no float64 copy of all features)."""
+    z = inp.z
     score = torch.zeros(len(inp), dtype=torch.float64, device=z.device)
     for c, mu in _centroids(z, inp.y, inp.n_classes, centroid).items():
         mask = inp.y == c
-        score[mask] = (z[mask] - mu).norm(dim=1)
+        score[mask] = (z[mask].double() - mu).norm(dim=1)
     return score
 
 
@@ -93,17 +110,20 @@ def slab_scores(inp: DefenseInput, direction: str = "rest", centroid: str = "mea
     (ties to the lower class index). A class with no other side falls back to the
     sphere distance.
     """
-    z, y = inp.z.double(), inp.y
+    z, y = inp.z, inp.y
     cents = _centroids(z, y, inp.n_classes, centroid)
+    rest = _rest_means(z, y, cents) if direction != "nearest" and centroid == "mean" else None
     score = torch.zeros(len(inp), dtype=torch.float64, device=z.device)
     for c, mu in cents.items():
         mask = y == c
         if direction == "nearest":
             others = [(float((cents[o] - mu).norm()), o) for o in cents if o != c]
             other = cents[min(others)[1]] if others else None
+        elif rest is not None:
+            other = rest.get(c)
         else:
             other = _centroid(z[~mask], centroid) if bool((~mask).any()) else None
-        diff = z[mask] - mu
+        diff = z[mask].double() - mu
         line = None if other is None else mu - other
         if line is None or float(line.norm()) == 0.0:
             score[mask] = diff.norm(dim=1)
@@ -125,19 +145,25 @@ def class_geometry(
     as tensors an attack can project onto: (centres (k, d), directions (k, d), sphere (n,),
     slab (n,)). A class without points gets centre 0 and direction 0.
     """
-    z = z.double()
     k, d = n_classes, z.shape[1]
     center = torch.zeros(k, d, dtype=torch.float64, device=z.device)
     direction = torch.zeros(k, d, dtype=torch.float64, device=z.device)
-    for c, mu in _centroids(z, y, n_classes, "mean").items():
+    cents = _centroids(z, y, n_classes, "mean")
+    rest = _rest_means(z, y, cents)
+    for c, mu in cents.items():
         center[c] = mu
-        rest = y != c
-        if bool(rest.any()):
-            line = mu - _centroid(z[rest], "mean")
+        if c in rest:
+            line = mu - rest[c]
             if float(line.norm()) > 0:
                 direction[c] = line / line.norm()
-    diff = z - center[y.long()]
-    return center, direction, diff.norm(dim=1), (diff * direction[y.long()]).sum(1).abs()
+    yl = y.long()
+    sphere = torch.empty(z.shape[0], dtype=torch.float64, device=z.device)
+    slab = torch.empty(z.shape[0], dtype=torch.float64, device=z.device)
+    for rows in row_chunks(z.shape[0], d):  # float64 rows chunk by chunk, not all of z
+        diff = z[rows].double() - center[yl[rows]]
+        sphere[rows] = diff.norm(dim=1)
+        slab[rows] = (diff * direction[yl[rows]]).sum(1).abs()
+    return center, direction, sphere, slab
 
 
 def _slab_check(params: dict[str, Any]) -> None:
@@ -226,8 +252,12 @@ def knn(inp: DefenseInput, fraction: float, *, k: int = 5, per_class: bool = Tru
 def loss_scores(inp: DefenseInput) -> torch.Tensor:
     """Per-point CE under the victim's own head trained on the contaminated set."""
     head = train_head(inp.z, inp.y, inp.n_classes, inp.victim, seed=inp.seed)
-    logits = head.logits(inp.z.double())
-    return torch.logsumexp(logits, dim=1) - logits.gather(1, inp.y.long()[:, None]).squeeze(1)
+    out = torch.empty(len(inp), dtype=torch.float64, device=inp.z.device)
+    yl = inp.y.long()
+    for rows in row_chunks(len(inp), inp.n_classes):  # (chunk, k) logits, not (N, k)
+        logits = head.logits(inp.z[rows].double())
+        out[rows] = torch.logsumexp(logits, dim=1) - logits.gather(1, yl[rows, None]).squeeze(1)
+    return out
 
 
 @register_defense(

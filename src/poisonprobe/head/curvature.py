@@ -12,7 +12,22 @@ from collections.abc import Callable
 
 import torch
 
-from .objective import LinearHead, row_softmax
+from .objective import LinearHead, row_chunks, row_softmax
+
+
+def exact_is_cheap(n: int, k: int, d: int, device_type: str = "cpu") -> bool:
+    """Explicit Hessian when it is cheap: ~nk²(d+1)² flops + (kd+k)³/3 Cholesky.
+
+    CPU: up to ~1 GFLOP (e.g. k=10, d≤128 on digits-sized data); GPU: up to ~4 TFLOP
+    and 2 GiB of Hessian (e.g. k=10, d=512 on CIFAR). Otherwise CG. Decided from the sizes
+    alone, before any pass over the data.
+    """
+    p = k * d + k
+    flops = 1.0 * n * k**2 * (d + 1) ** 2 + p**3 / 3  # half: symmetric
+    if device_type == "cuda":
+        return flops <= 4e12 and p * p * 8 <= 2 * 2**30
+    return flops <= 1e9
+
 
 # ---------------------------------------------------------------------------------------------
 # follower curvature: Hessian-vector products, explicit Hessian, solves
@@ -41,7 +56,11 @@ class HeadCurvature:
         self.k, self.d = head.weight.shape
         self.n = int(self.z.shape[0])
         self.wd = weight_decay
-        self.p = row_softmax(self.z @ head.weight.to(dtype).T + head.bias.to(dtype))
+        w, b = head.weight.to(dtype), head.bias.to(dtype)
+        self.chunks = row_chunks(self.n, self.k)
+        self.p = torch.empty(self.n, self.k, dtype=dtype, device=self.z.device)
+        for rows in self.chunks:  # chunked: one (N, k) array, not three
+            self.p[rows] = row_softmax(torch.addmm(b, self.z[rows], w.T))
         # the null direction of H: shifting every bias by the same amount changes nothing
         self.null = torch.zeros(self.k * self.d + self.k, dtype=torch.float64, device=self.z.device)
         self.null[self.k * self.d :] = 1.0 / math.sqrt(self.k)
@@ -56,10 +75,17 @@ class HeadCurvature:
         """``H u`` in O(nkd): logits direction s = U z + c, then (diag p − p pᵀ) s per point."""
         kd = self.k * self.d
         uw, ub = u[:kd].reshape(self.k, self.d), u[kd:]
-        s = self.z @ uw.T.to(self.z.dtype) + ub.to(self.z.dtype)
-        a = self.p * s - self.p * (self.p * s).sum(dim=1, keepdim=True)
-        hw = (a.T @ self.z).to(u.dtype) / self.n + self.wd * uw
-        return torch.cat([hw.reshape(-1), a.sum(dim=0).to(u.dtype) / self.n])
+        uw_z, ub_z = uw.T.to(self.z.dtype), ub.to(self.z.dtype)
+        hw = torch.zeros(self.k, self.d, dtype=self.z.dtype, device=self.z.device)
+        hb = torch.zeros(self.k, dtype=self.z.dtype, device=self.z.device)
+        for rows in self.chunks:
+            z, p = self.z[rows], self.p[rows]
+            ps = p * torch.addmm(ub_z, z, uw_z)
+            a = ps.sub_(p * ps.sum(dim=1, keepdim=True))
+            hw.addmm_(a.T, z)
+            hb += a.sum(dim=0)
+        hw = hw.to(u.dtype) / self.n + self.wd * uw
+        return torch.cat([hw.reshape(-1), hb.to(u.dtype) / self.n])
 
     def matrix(self) -> torch.Tensor:
         """The explicit Hessian (kd+k)², built class-row by class-row (memory O(n·k·d))."""
@@ -136,16 +162,8 @@ class HeadCurvature:
         return v - (v @ self.null) * self.null  # keep CG iterates off the flat direction
 
     def auto_exact(self) -> bool:
-        """Explicit Hessian when it is cheap: ~nk²(d+1)² flops + (kd+k)³/3 Cholesky.
-
-        CPU: up to ~1 GFLOP (e.g. k=10, d≤128 on digits-sized data); GPU: up to ~4 TFLOP
-        and 2 GiB of Hessian (e.g. k=10, d=512 on CIFAR). Otherwise CG.
-        """
-        p = self.n_params
-        flops = 1.0 * self.n * self.k**2 * (self.d + 1) ** 2 + p**3 / 3  # half: symmetric
-        if self.z.device.type == "cuda":
-            return flops <= 4e12 and p * p * 8 <= 2 * 2**30
-        return flops <= 1e9
+        """``exact_is_cheap`` for this problem's sizes."""
+        return exact_is_cheap(self.n, self.k, self.d, self.z.device.type)
 
 
 GRAM_ROWS = 8192  # rows (at least; 4·d for wide features) sampled for feature_eig

@@ -52,6 +52,19 @@ class LinearHead:
         return LinearHead(self.weight.detach().clone(), self.bias.detach().clone())
 
 
+# Passes over the N rows go in chunks of at most this many (rows × classes) elements, so the
+# (N, k) logits/softmax temporaries stay ~32 MB at k = 1000 (ImageNet-sized heads, N = 100k
+# would otherwise hold several N×k float64 arrays, 0.8 GB each); at k = 10 a chunk is 400k
+# rows, i.e. one chunk and the same arithmetic as unchunked for any usual N.
+CHUNK_ELEMENTS = 4_000_000
+
+
+def row_chunks(n: int, k: int) -> list[slice]:
+    """Row slices covering ``range(n)`` with at most ``CHUNK_ELEMENTS`` (rows × k) each."""
+    rows = max(256, CHUNK_ELEMENTS // max(k, 1))
+    return [slice(i, min(n, i + rows)) for i in range(0, n, rows)]
+
+
 def row_softmax(logits: torch.Tensor, log: bool = False) -> torch.Tensor:
     """(Log-)softmax over the classes of (n, k) logits, run along contiguous memory on the CPU:
     PyTorch's CPU kernel over a short last dimension (k = 10) is 4-8x slower than over the
@@ -125,16 +138,37 @@ def check_features(z: torch.Tensor, y: torch.Tensor, what: str = "features") -> 
 def flat_objective(
     theta: torch.Tensor, z: torch.Tensor, yoh: torch.Tensor, wd: float, k: int, grad: bool = True
 ) -> tuple[float, torch.Tensor | None]:
-    """The victim objective F and its flat gradient (closed form, float64)."""
-    d = z.shape[1]
+    """The victim objective F and its flat gradient (closed form, float64).
+
+    ``yoh``: one-hot/soft targets (n, k), or integer labels (n,) (no (n, k) one-hot array).
+    ``z`` may be float32: rows are converted chunk by chunk, so the sums are float64 without
+    a float64 copy of the features (1.6 GB at N = 100k, d = 2048)."""
+    n, d = z.shape
     w, b = theta[: k * d].reshape(k, d), theta[k * d :]
-    logp = row_softmax(z @ w.T + b, log=True)
-    n = z.shape[0]
-    loss = float(-(yoh * logp).sum() / n + 0.5 * wd * (w**2).sum())
+    hard = yoh.ndim == 1
+    ce = torch.zeros((), dtype=torch.float64, device=theta.device)
+    gw = torch.zeros(k, d, dtype=torch.float64, device=theta.device) if grad else None
+    gb = torch.zeros(k, dtype=torch.float64, device=theta.device) if grad else None
+    for rows in row_chunks(n, k):
+        zc = z[rows].to(torch.float64)
+        logp = row_softmax(torch.addmm(b, zc, w.T), log=True)
+        if hard:
+            yc = yoh[rows].long()[:, None]
+            ce -= logp.gather(1, yc).sum()
+        else:
+            ce -= (yoh[rows] * logp).sum()
+        if grad:
+            resid = logp.exp()
+            if hard:
+                resid.scatter_add_(1, yc, torch.full_like(yc, -1, dtype=resid.dtype))
+            else:
+                resid -= yoh[rows]
+            gw.addmm_(resid.T, zc)
+            gb += resid.sum(0)
+    loss = float(ce / n + 0.5 * wd * (w**2).sum())
     if not grad:
         return loss, None
-    resid = (logp.exp() - yoh) / n
-    return loss, torch.cat([(resid.T @ z + wd * w).reshape(-1), resid.sum(0)])
+    return loss, torch.cat([(gw / n + wd * w).reshape(-1), gb / n])
 
 
 def gradient_norm(head: LinearHead, z: torch.Tensor, y: torch.Tensor, wd: float) -> float:

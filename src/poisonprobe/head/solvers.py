@@ -52,11 +52,15 @@ def newton_solve(
     ``feature_eig``-like decomposition to reuse for the preconditioner.
     """
     k, d = head.weight.shape
-    zd = z.detach().to(head.weight.device, torch.float64)
-    yoh = torch.nn.functional.one_hot(y.long(), k).to(zd)
+    # the features as given (float32 stays float32: flat_objective sums in float64 chunk by
+    # chunk, the inner CG runs on float32 anyway): no float64 copy of an (N, d) matrix
+    zd = z.detach().to(head.weight.device)
+    if not zd.dtype.is_floating_point:
+        zd = zd.to(torch.float64)
+    yoh = y.long().to(zd.device)  # labels: no (N, k) one-hot
     theta = head.flat().detach().clone()
     loss, g = flat_objective(theta, zd, yoh, wd, k)
-    z_as = {torch.float64: zd}
+    z_as = {zd.dtype: zd}
     for _ in range(max_steps):
         gnorm = float(g.norm())
         if gnorm <= tol:
@@ -203,6 +207,10 @@ def _two_loop(
 
 
 LARGE_COLD_START = 4_000_000  # feature elements above which cold fits use lbfgs_float32
+# ||∇F|| at which a large cold fit hands over from float32 L-BFGS to float64 Newton when tol is
+# tighter: below ~1e-5 float32 L-BFGS crawls toward its round-off (CIFAR N=50k: 2.8 s to 1e-5,
+# 8.4 s to its ~5e-7 stall), while Newton from 1e-5 needs one or two more CG solves
+HANDOFF_TOL = 1e-5
 
 
 def train_lbfgs(z, y, n_classes, config: VictimConfig, init: LinearHead | None) -> LinearHead:
@@ -249,16 +257,16 @@ def train_lbfgs(z, y, n_classes, config: VictimConfig, init: LinearHead | None) 
 
 
 def train_large_cold(z, y, n_classes: int, config: VictimConfig) -> LinearHead:
-    """Preconditioned float32 L-BFGS (``lbfgs_float32``), then float64 Newton only if ``tol``
-    is below what float32 reaches (~1e-6)."""
+    """Preconditioned float32 L-BFGS (``lbfgs_float32``) to ``tol`` or ``HANDOFF_TOL``, then
+    float64 Newton when ``tol`` is tighter than that."""
 
     eig = feature_eig(z)
     wd, tol = config.weight_decay, config.tol
-    head, grad_norm = lbfgs_float32(z, y, n_classes, wd, eig, tol=0.5 * tol)
+    head, grad_norm = lbfgs_float32(z, y, n_classes, wd, eig, tol=max(0.5 * tol, HANDOFF_TOL))
     if grad_norm <= 0.5 * tol:  # half: float32's norm is good to ~1e-8 absolute
         return head
-    zd = z.detach().to(torch.float64)
-    return newton_solve(head, zd, y, wd, tol=tol, eig=eig)
+    # the features as they are: Newton sums in float64 chunk by chunk (no float64 copy)
+    return newton_solve(head, z, y, wd, tol=tol, eig=eig)
 
 
 def train_sgd(z, y, n_classes, config: VictimConfig, init, seed: int) -> LinearHead:
