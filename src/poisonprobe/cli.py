@@ -191,7 +191,7 @@ def pretrain(
     from .data import load_dataset
     from .errors import ConfigError
     from .experiment.config import ExtractorConfig
-    from .experiment.runner import obtain_extractor, resolve_device
+    from .experiment.prepare import obtain_extractor, resolve_device
     from .extractors.cache import FeatureCache
     from .extractors.checkpoints import save_extractor
     from .head.train import train_head
