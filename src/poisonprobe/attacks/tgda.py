@@ -299,6 +299,7 @@ class PoisonGenerator(nn.Module):
         return x0 + delta.reshape(x0.shape)
 
 
+# long: the lead is reworking this loop for speed in parallel; split it after that lands
 @register_attack("tgda", regimes=("unconstrained", "box"))
 def tgda(
     ctx: AttackContext,
@@ -440,6 +441,7 @@ def _validate_feature(p: dict) -> None:
     check_defense_kind(p["defense"], p["defense_fraction"], "tgda-feature")
 
 
+# long: the lead is reworking this loop for speed in parallel; split it after that lands
 @register_attack("tgda-feature", regimes=("feature",), validate=_validate_feature)
 def tgda_feature(
     ctx: AttackContext,
