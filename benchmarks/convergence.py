@@ -18,17 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
-ATTACK_CAPS = {  # the default max_steps of each attack (for --double)
-    "tgda": 200,
-    "tgda-feature": 300,
-    "gc-input": 200,
-    "emn": 100,
-    "ft-ideal": 1000,
-    "ft-feasible": 1000,
-    "ft-decoder": 1000,
-    "ft-match": 1000,
-    "kkt": 500,
-}
+
+def default_cap(attack: str) -> int:
+    """The attack's own ``max_steps`` default, from the registry (what --double doubles)."""
+    from poisonprobe.attacks import get_attack
+
+    return int(get_attack(attack).params()["max_steps"].default)
 
 
 def old_drops(readme: Path) -> dict[tuple, float]:
@@ -95,7 +90,7 @@ def rerun_doubled(df: pd.DataFrame, out: Path) -> pd.DataFrame:
         source, target = g["source"].iloc[0], g["target"].iloc[0]
         cfg = {
             "settings": [{"name": setting, "source": source, "target": target}],
-            "attacks": [{"name": attack, "max_steps": 2 * ATTACK_CAPS[attack]}],
+            "attacks": [{"name": attack, "max_steps": 2 * default_cap(attack)}],
             "eps": sorted(g["eps"].unique().tolist()),
             "regimes": sorted({r for r in g["regime"] if r != "feature"}) or ["box"],
             "save_poisons": False,

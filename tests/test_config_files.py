@@ -172,3 +172,20 @@ def test_npz_cache_file_mode(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "c.npz").stat().st_mode) == 0o644
     assert not [p for p in Path(tmp_path).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_shipped_configs_point_at_the_shared_cifar_archive():
+    """Dataset paths resolve against the config's folder: every shipped config that reads the
+    shared CIFAR-10 archive must reach ``<repo>/../shared/data/cifar10-jpg.tar.gz``."""
+    repo = Path(__file__).resolve().parents[1]
+    archive = (repo.parent / "shared" / "data" / "cifar10-jpg.tar.gz").resolve()
+    found = 0
+    for path in sorted((repo / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        for setting in cfg.settings:
+            for spec in (setting.source, setting.target):
+                if "cifar10-jpg.tar.gz" in spec:
+                    found += 1
+                    where = spec.split(":", 1)[1].split("?", 1)[0]
+                    assert Path(where).resolve() == archive, (path.name, spec)
+    assert found >= 6

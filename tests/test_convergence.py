@@ -204,3 +204,21 @@ def test_ft_inverts_the_source_it_is_given(tiny):
     assert ps.info["source"] == "kkt" and ps.x is not None and len(ps) == ctx.n_poison
     auto = get_attack("ft-match").fn(ctx, **fast)
     assert auto.info["source"] in ("gc", "tgda-feature")
+
+
+def test_tgda_images_defense_aware_poisons_are_kept(tiny):
+    """Pixel tgda cannot project features, so it steers them: with ``defense_aware`` the
+    sphere+slab filter keeps (nearly) every poison, the unconstrained naive ones it removes."""
+    ctx = _ctx(tiny, regime="unconstrained")
+    naive = get_attack("tgda").fn(ctx, max_steps=30)
+    aware = get_attack("tgda").fn(ctx, max_steps=30, defense_aware=True)
+
+    def kept(ps, spec: str) -> float:
+        with torch.no_grad():
+            z = ctx.extractor(ps.x.to(ctx.device))
+        return _kept_share(ctx, type(ps)(y=ps.y, z=z), spec)
+
+    assert aware.info["defense_aware"] == "sphere+slab"
+    assert kept(aware, "sphere+slab") >= 0.9
+    assert kept(naive, "sphere+slab") < kept(aware, "sphere+slab")
+    assert aware.info["attack_objective"] > aware.info["val_loss_init"]

@@ -889,6 +889,14 @@ def _cases() -> list[Case]:
         lambda d: run_cfg(d, {"attacks": [{"name": "tgda-feature", "defense_aware": "maybe"}]}),
     )
     add(
+        "defence-aware image attack against a defence it cannot model",
+        "`attacks: [{name: tgda, defense_aware: true, defense: loss}]`",
+        "defense='loss'",
+        lambda d: run_cfg(
+            d, {"attacks": [{"name": "tgda", "defense_aware": True, "defense": "loss"}]}
+        ),
+    )
+    add(
         "defence-aware attack against an unknown defence",
         "`attacks: [{name: kkt, defense: knn}]`",
         "defense='knn'",

@@ -14,7 +14,7 @@ exact Euclidean projection).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -45,6 +45,10 @@ class FeasibleSet:
         along = (diff * self.direction.to(dtype)[y]).sum(1).abs().clamp_min(1e-30)
         t = torch.minimum(self.sphere.to(dtype)[y] / norm, self.slab.to(dtype)[y] / along)
         return mu + diff * t.clamp(max=1.0)[:, None]
+
+    def shrunk(self, factor: float) -> FeasibleSet:
+        """The same set with sphere radii and slab half-widths times ``factor`` (a margin)."""
+        return replace(self, sphere=self.sphere * factor, slab=self.slab * factor)
 
     def contains(self, z: torch.Tensor, y: torch.Tensor, slack: float = 1e-6) -> torch.Tensor:
         """Rows inside the set (up to a relative ``slack``)."""

@@ -101,7 +101,7 @@ def _ft(
     norm_cap: float | None = None,
     accept: float = 1e-3,
     decoder_steps: int = 1000,
-    match_steps: int = 50,
+    match_steps: int = 1000,
     match_lr: float = 0.03,
     match_method: str = "adam",
     start: str = "clean",
