@@ -208,8 +208,8 @@ def test_no_feature_space_attack_exceeds_the_bound_on_digits():
     for name, params in FAST.items():
         info = get_attack(name)
         regime = "box" if "box" in info.regimes else "feature"
-        ctx = AttackContext(
-            ext, train, z, head, cfg, ThreatModel(eps, train.domain, regime), 0, memo=memo
+        ctx = AttackContext.build(
+            ext, train, eps, regime=regime, victim=cfg, z_train=z, clean_head=head, memo=memo
         )
         ps = info.fn(ctx, **params)
         zp = ps.z.to(z) if ps.z is not None else ext(ps.x)

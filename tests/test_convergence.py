@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import tiny_setup
 
-from poisonprobe.attacks import AttackContext, ThreatModel, get_attack
+from poisonprobe.attacks import AttackContext, get_attack
 from poisonprobe.attacks._feasible import defense_feasible_set
 from poisonprobe.attacks._optim import Plateau, StopRule, stop_rule
 from poisonprobe.defenses import DefenseInput, apply_defense, parse_defense
@@ -148,14 +148,8 @@ def tiny():
 
 def _ctx(tiny, eps: float = 0.05, regime: str = "feature") -> AttackContext:
     train, ext, z, head, victim = tiny
-    return AttackContext(
-        extractor=ext,
-        train=train,
-        z_train=z,
-        clean_head=head,
-        victim=victim,
-        threat=ThreatModel(eps=eps, domain=train.domain, regime=regime),
-        seed=0,
+    return AttackContext.build(
+        ext, train, eps, regime=regime, victim=victim, z_train=z, clean_head=head
     )
 
 

@@ -9,7 +9,7 @@ import torch
 from scipy.special import lambertw
 from torch import nn
 
-from poisonprobe.attacks import AttackContext, ThreatModel, get_attack
+from poisonprobe.attacks import AttackContext, get_attack
 from poisonprobe.attacks.feature_gc import feature_gc, relabel
 from poisonprobe.attacks.gc_objective import (
     clean_gradient,
@@ -72,15 +72,16 @@ def tiny_extractor(domain) -> Extractor:
 
 
 def context(train, z, head, cfg, eps, regime, extractor=None, memo=None, seed=0, linf=None):
-    threat = ThreatModel(eps=eps, domain=train.domain, regime=regime, linf=linf)
-    return AttackContext(
-        extractor=extractor,
-        train=train,
+    return AttackContext.build(
+        extractor,
+        train,
+        eps,
+        regime=regime,
+        linf=linf,
+        victim=cfg,
+        seed=seed,
         z_train=z,
         clean_head=head,
-        victim=cfg,
-        threat=threat,
-        seed=seed,
         memo={} if memo is None else memo,
     )
 
@@ -360,7 +361,7 @@ def test_same_seed_gives_identical_poisons_for_every_variant(digits):
             start = train.x[ps.base_idx]
             assert float((ps.x - start).abs().max()) <= 0.2 + 1e-6
         assert len(ps) == ctx.n_poison
-        for key in ("target_acc", "target_r", "gc_objective", "eps_needed"):
+        for key in ("target_head_acc", "target_r", "gc_objective", "eps_needed"):
             assert key in ps.info
         assert {"stage1", "stage2"} <= set(ps.stage_seconds)
     assert "inversion" in runs[0]["ft-match"].stage_seconds

@@ -180,14 +180,16 @@ def _ctx(
     tiny, eps: float = 0.1, regime: str = "box", linf: float | None = None, seed: int = 0
 ) -> AttackContext:
     train, ext, z, head, victim = tiny
-    return AttackContext(
-        extractor=ext,
-        train=train,
+    return AttackContext.build(
+        ext,
+        train,
+        eps,
+        regime=regime,
+        linf=linf,
+        victim=victim,
+        seed=seed,
         z_train=z,
         clean_head=head,
-        victim=victim,
-        threat=ThreatModel(eps=eps, domain=train.domain, regime=regime, linf=linf),
-        seed=seed,
         batch_size=16,  # smaller than n_p: exercises the two-pass batched VJP
     )
 

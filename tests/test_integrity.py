@@ -122,21 +122,20 @@ class _BatchNormNet(nn.Module):
 
 
 def test_attack_context_puts_the_extractor_in_eval_mode(small):
-    from poisonprobe.attacks import AttackContext, ThreatModel
+    from poisonprobe.attacks import AttackContext
     from poisonprobe.data import load_dataset
     from poisonprobe.head.objective import LinearHead
 
     data = load_dataset("digits").train
     net = _BatchNormNet().train()
     stats = net.bn.running_mean.clone()
-    ctx = AttackContext(
-        extractor=net,
-        train=data,
+    ctx = AttackContext.build(
+        net,
+        data,
+        0.1,
+        victim=prepare.victim_config(load_config(small)),
         z_train=torch.zeros(len(data), 4),
         clean_head=LinearHead(torch.zeros(10, 4, dtype=torch.float64), torch.zeros(10)),
-        victim=prepare.victim_config(load_config(small)),
-        threat=ThreatModel(eps=0.1, domain=data.domain),
-        seed=0,
     )
     assert not net.training
     one = ctx.encode(data.x[:1])

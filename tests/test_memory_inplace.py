@@ -25,14 +25,15 @@ def _ctx(regime: str = "box", linf: float | None = None) -> AttackContext:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(20, 3, 4, 4, generator=gen)
     train = ImageDataset(x, torch.arange(20) % 2, ["a", "b"], DOMAIN, "toy")
-    return AttackContext(
-        extractor=torch.nn.Flatten(),
-        train=train,
+    return AttackContext.build(
+        torch.nn.Flatten(),
+        train,
+        0.5,
+        regime=regime,
+        linf=linf,
+        victim=VictimConfig(),
         z_train=x.flatten(1),
         clean_head=LinearHead(torch.zeros(2, 48), torch.zeros(2)),
-        victim=VictimConfig(),
-        threat=ThreatModel(eps=0.5, domain=DOMAIN, regime=regime, linf=linf),
-        seed=0,
     )
 
 

@@ -235,6 +235,7 @@ def report(out: Path = typer.Argument(..., help="a run folder holding results.cs
     console.print(f"wrote {finish_report(out)}")
 
 
+# long: a typer command: its 12 options are the signature, the body is 40 lines
 @app.command()
 def export(
     out: Path = typer.Argument(..., help="a run folder"),

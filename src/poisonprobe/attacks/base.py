@@ -9,14 +9,17 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from ..data.base import ImageDataset
+from ..data.loaders.features import embedding_domain, is_embedding_domain
 from ..domain import InputDomain
 from ..errors import ConfigError, check_eps
+from ..extractors.zoo import passthrough_extractor
 from ..head.config import VictimConfig
 from ..head.objective import LinearHead
 from ..head.train import resolve_victim, train_head
@@ -188,18 +191,28 @@ class AttackContext:
         )
 
 
+class PoisonKind(str, Enum):
+    """How the runner puts poisons into the victim's training set."""
+
+    IMAGES = "injected images"  # x is added to the training set (encoded by the extractor)
+    FEATURES = "injected features"  # z is added directly (feature-space attacks, no images)
+    REPLACEMENTS = "replacements"  # x replaces the clean points replace_idx (perturbations)
+
+
 @dataclass
 class PoisonSet:
     """The attack's output.
 
     - ``x``: poisoned images (n_p, C, H, W), or ``None`` for pure feature-space poisons;
-    - ``z``: features to inject directly (feature-space upper bounds); if ``None``
-      the runner encodes ``x`` with the extractor;
+    - ``z``: features to inject directly (feature-space upper bounds);
     - ``replace_idx``: for perturbation attacks (EMN), the indices of clean training
       points that these poisons *replace* instead of being added;
     - ``base_idx``: clean points the poisons started from (for image grids);
-    - ``info``: extra result columns (``target_acc``, ``gc_objective``, ``eps_needed``...);
-    - ``stage_seconds``: wall time per stage.
+    - ``info``: extra result columns (``target_head_acc``, ``gc_objective``, ``eps_needed``...);
+    - ``stage_seconds``: wall time per stage;
+    - ``kind``: a ``PoisonKind``; when not given it follows from the fields (``replace_idx``:
+      replacements, else ``z``: injected features, else injected images) and is checked
+      against them when given.
     """
 
     y: torch.Tensor
@@ -209,10 +222,28 @@ class PoisonSet:
     base_idx: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    kind: PoisonKind | None = None
 
     def __post_init__(self) -> None:
         if self.x is None and self.z is None:
             raise ValueError("PoisonSet needs images x or features z")
+        if self.kind is None:
+            self.kind = (
+                PoisonKind.REPLACEMENTS
+                if self.replace_idx is not None
+                else PoisonKind.FEATURES
+                if self.z is not None
+                else PoisonKind.IMAGES
+            )
+        needs = {
+            PoisonKind.IMAGES: self.x is not None and self.z is None and self.replace_idx is None,
+            PoisonKind.FEATURES: self.z is not None and self.replace_idx is None,
+            PoisonKind.REPLACEMENTS: self.x is not None
+            and self.z is None
+            and self.replace_idx is not None,
+        }
+        if not needs[PoisonKind(self.kind)]:
+            raise ValueError(f"PoisonSet of kind {self.kind.value!r} has the wrong fields set")
         n = int(self.y.shape[0])
         for name in ("x", "z", "replace_idx", "base_idx"):
             value = getattr(self, name)
@@ -364,6 +395,31 @@ def default_regime(info: AttackInfo) -> str:
     return "box" if "box" in info.regimes else info.regimes[0]
 
 
+def _as_dataset(
+    train: tuple[torch.Tensor, torch.Tensor], extractor: nn.Module | None
+) -> ImageDataset:
+    """``(x, y)`` as a dataset: images in the extractor's domain, or (N, d) embeddings."""
+    x, y = (torch.as_tensor(t) for t in train)
+    y = y.long()
+    if extractor is None:
+        if x.ndim != 2:
+            raise ConfigError(
+                f"train x has shape {tuple(x.shape)}: without an extractor give (N, d) "
+                "embeddings, or pass extractor= for images"
+            )
+        domain = embedding_domain(int(x.shape[1]))
+        x = x.float()[:, :, None, None]
+    elif hasattr(extractor, "domain"):
+        domain = extractor.domain
+    else:
+        raise ConfigError(
+            "extractor has no .domain (pixel box and shape); build it with "
+            "poisonprobe.extractors (build_extractor, load_extractor, zoo.build_zoo_extractor)"
+        )
+    classes = [str(i) for i in range(int(y.max()) + 1)] if len(y) else []
+    return ImageDataset(x.float(), y, classes, domain, "train")
+
+
 def attack(
     name: str,
     extractor: nn.Module | None = None,
@@ -381,33 +437,12 @@ def attack(
     with ``extractor=None`` precomputed embeddings ``(N, d)`` (feature-space attacks only).
     ``params`` are the attack's own (checked like a config's).
     """
-    from ..data.loaders.features import embedding_domain, is_embedding_domain
-    from ..extractors.zoo import passthrough_extractor
-
     info = get_attack(name)
     info.check_params(params)
     if train is None:
         raise ConfigError("attack() needs train=(x, y) or an ImageDataset")
     if not isinstance(train, ImageDataset):
-        x, y = (torch.as_tensor(t) for t in train)
-        y = y.long()
-        if extractor is None:
-            if x.ndim != 2:
-                raise ConfigError(
-                    f"train x has shape {tuple(x.shape)}: without an extractor give (N, d) "
-                    "embeddings, or pass extractor= for images"
-                )
-            domain = embedding_domain(int(x.shape[1]))
-            x = x.float()[:, :, None, None]
-        elif hasattr(extractor, "domain"):
-            domain = extractor.domain
-        else:
-            raise ConfigError(
-                "extractor has no .domain (pixel box and shape); build it with "
-                "poisonprobe.extractors (build_extractor, load_extractor, zoo.build_zoo_extractor)"
-            )
-        classes = [str(i) for i in range(int(y.max()) + 1)] if len(y) else []
-        train = ImageDataset(x.float(), y, classes, domain, "train")
+        train = _as_dataset(train, extractor)
     if extractor is None:
         if not is_embedding_domain(train.domain):
             raise ConfigError(

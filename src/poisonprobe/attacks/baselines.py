@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import AttackContext, PoisonSet, register_attack
+from .base import AttackContext, PoisonKind, PoisonSet, register_attack
 
 
 def most_confusable_labels(ctx: AttackContext, idx: torch.Tensor) -> torch.Tensor:
@@ -31,7 +31,8 @@ def label_flip(ctx: AttackContext, mode: str = "confusable") -> PoisonSet:
     else:
         shift = torch.randint(1, ctx.n_classes, (len(idx),), generator=gen)
         y = (y_true + shift) % ctx.n_classes
-    return PoisonSet(y=y, x=ctx.train.x[idx], base_idx=idx)  # indexing by a tensor copies
+    x = ctx.train.x[idx]  # indexing by a tensor copies
+    return PoisonSet(y=y, x=x, base_idx=idx, kind=PoisonKind.IMAGES)
 
 
 @register_attack("random-noise", regimes=("box",))
@@ -44,4 +45,4 @@ def random_noise(ctx: AttackContext) -> PoisonSet:
     # sized temporaries
     x = torch.rand(shape, generator=gen).mul_(dom.high - dom.low).add_(dom.low)
     y = torch.randint(ctx.n_classes, (ctx.n_poison,), generator=gen)
-    return PoisonSet(y=y, x=x)
+    return PoisonSet(y=y, x=x, kind=PoisonKind.IMAGES)

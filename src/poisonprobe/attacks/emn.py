@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..head.solvers import newton_solve
 from ._optim import Plateau, stop_rule
-from .base import AttackContext, PoisonSet, clip_linf_, register_attack
+from .base import AttackContext, PoisonKind, PoisonSet, clip_linf_, register_attack
 from .common import feature_loss_and_grad
 
 
@@ -38,6 +38,7 @@ def emn_project_(
     return ctx.threat.project_(clip_linf_(x, x0, linf), x0)
 
 
+# long: rounds alternate a surrogate refit and min-noise PGD over one shared state and totals
 @register_attack("emn", regimes=("unconstrained", "box"))
 def emn(
     ctx: AttackContext,
@@ -136,6 +137,7 @@ def emn(
         "objective_trace_stride": stride,
     }
     return PoisonSet(
+        kind=PoisonKind.REPLACEMENTS,
         y=y.cpu(),
         x=x.detach().cpu(),
         replace_idx=idx,

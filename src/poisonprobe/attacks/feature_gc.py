@@ -96,6 +96,7 @@ def relabel(
     return torch.from_numpy(labels).to(y.device)
 
 
+# long: one loop whose state (ζ, labels, one-hot targets, Adam, step size) changes together
 def feature_gc(
     head: LinearHead,
     clean: CleanGradient,

@@ -30,9 +30,11 @@ from ..head.config import VictimConfig
 from ..head.objective import LinearHead
 from ..head.train import train_head
 from ..shared_work import shared
+from ..threads import single_thread_if_small
 from ._optim import stop_rule
 from .base import (
     AttackContext,
+    PoisonKind,
     PoisonSet,
     _stable_hash,
     attack_names,
@@ -43,7 +45,7 @@ from .feature_gc import LABEL_MODES, OPTIMIZERS, FeatureGCResult, feature_gc, re
 from .gc_objective import clean_gradient, gc_loss
 from .gradpc import (
     NORMS,
-    SeedHead,
+    InducedHead,
     Target,
     evaluate_target,
     gradpc,
@@ -57,7 +59,7 @@ STARTS = ("clean", "decoder")
 
 
 @dataclass
-class _Pick:
+class _Stage2Outcome:
     """The stage-2 outcome kept for one constraint set (ideal or feasible)."""
 
     target: Target
@@ -68,14 +70,18 @@ class _Pick:
 
 
 @dataclass
-class _Stage12:
-    ideal: _Pick
-    feasible: _Pick
+class _FeatureStages:
+    """Stages 1-2, shared by the four variants: the chosen target and its feature poisons for
+    each constraint set, with how many candidates the search found and verified."""
+
+    ideal: _Stage2Outcome
+    feasible: _Stage2Outcome
     n_candidates: int
     n_tried: int
     seconds: dict[str, float]
 
 
+# long: its 26 keyword parameters are the FT attacks' config surface (the registry reads them)
 def _ft(
     ctx: AttackContext,
     variant: str,
@@ -141,10 +147,31 @@ def _ft(
     )
     _check(params, match_method, start, decoder_steps, match_steps, match_lr, linf)
     check_source(source)
-    stage = _stage12(ctx, params)
+    stage = _feature_stages(ctx, params)
     pick = stage.ideal if variant == "ideal" else stage.feasible
-    info: dict[str, Any] = {
-        "target_acc": pick.target.train_acc,
+    info = _feature_stage_info(ctx, stage, pick)
+    seconds = dict(stage.seconds)
+    y = pick.result.y.cpu()
+    if variant in ("ideal", "feasible"):
+        return PoisonSet(
+            kind=PoisonKind.FEATURES,
+            y=y,
+            z=pick.result.z.detach().clone(),
+            base_idx=pick.base_idx,
+            info=info,
+            stage_seconds=seconds,
+        )
+
+    inv = _Inversion(source, start, linf, decoder_steps, match_steps, match_lr, match_method)
+    return _invert(ctx, variant, pick, inv, labels, info, seconds)
+
+
+def _feature_stage_info(
+    ctx: AttackContext, stage: _FeatureStages, pick: _Stage2Outcome
+) -> dict[str, Any]:
+    """The result columns of stages 1-2 for the chosen constraint set."""
+    return {
+        "target_head_acc": pick.target.train_acc,
         "target_r": pick.target.radius,
         "target_source": pick.target.source,
         "eps_needed": pick.target.eps_needed,
@@ -155,59 +182,37 @@ def _ft(
         "n_tried": stage.n_tried,
         **_stage2_summary(pick.result),
     }
-    seconds = dict(stage.seconds)
-    y = pick.result.y.cpu()
-    if variant in ("ideal", "feasible"):
-        return PoisonSet(
-            y=y,
-            z=pick.result.z.detach().clone(),
-            base_idx=pick.base_idx,
-            info=info,
-            stage_seconds=seconds,
-        )
 
-    src = _inversion_source(ctx, source, pick)
+
+@dataclass(frozen=True)
+class _Inversion:
+    """How the image variants turn feature-space poisons into images."""
+
+    source: str
+    start: str
+    linf: float | None
+    decoder_steps: int
+    match_steps: int
+    match_lr: float
+    match_method: str
+
+
+def _invert(
+    ctx: AttackContext,
+    variant: str,
+    pick: _Stage2Outcome,
+    inv: _Inversion,
+    labels: str,
+    info: dict[str, Any],
+    seconds: dict[str, float],
+) -> PoisonSet:
+    """Stage 3: invert the source's feature poisons into images (decoder or matching)."""
+    src = _inversion_source(ctx, inv.source, pick)
     info["source"] = src.name
     if src.name != "gc":  # the columns describe the inverted poisons, not stage 2's
         info.update(src.info)
         info["attacker_train_acc"] = src.train_acc
-    dom = ctx.threat.domain
-    radius_linf = linf if linf is not None else ctx.threat.linf
-    center = src.start_x.to(ctx.device)
-    need_decoder = variant == "decoder" or start == "decoder"
-    x_dec = None
-    if need_decoder:
-        decoder, seconds["decoder_train"] = _decoder(ctx, decoder_steps)
-        dec_sum = getattr(decoder, "summary", {})
-        info["decoder_steps_run"] = dec_sum.get("attack_steps", decoder_steps)
-        info["decoder_converged"] = dec_sum.get("converged", False)
-        t0 = time.perf_counter()
-        x_dec = _project(decode(decoder, src.z), center, dom, radius_linf)
-        seconds["inversion"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if variant == "decoder":
-        x = x_dec
-    else:
-        begin = x_dec if start == "decoder" else center
-        match = feature_match(
-            ctx.extractor,
-            src.z.to(ctx.device),
-            begin,
-            dom,
-            radius_linf,
-            match_steps,
-            match_lr,
-            match_method,
-            center=center,
-            batch_size=ctx.batch_size,
-        )
-        x = match.x
-        info["feature_error_init"] = match.init_rel_error
-        info["match_steps_run"] = match.summary.get("attack_steps", 0)
-        info["attack_steps"] += info["match_steps_run"]
-        info["converged"] = bool(info["converged"] and match.summary.get("converged", True))
-    seconds["inversion"] = seconds.get("inversion", 0.0) + time.perf_counter() - t0
-    assert x is not None
+    x = _images(ctx, variant, src, inv, info, seconds)
     z_x = ctx.encode(x).to(torch.float64)
     zeta = src.z.to(z_x.device, torch.float64)
     info["feature_error"] = float(
@@ -226,8 +231,62 @@ def _ft(
             y = y_x.cpu()
         info["gc_objective"] = float(gc_loss(head, clean, z_x, y_x, wd))
     return PoisonSet(
-        y=y, x=x.detach().cpu(), base_idx=src.base_idx, info=info, stage_seconds=seconds
+        kind=PoisonKind.IMAGES,
+        y=y,
+        x=x.detach().cpu(),
+        base_idx=src.base_idx,
+        info=info,
+        stage_seconds=seconds,
     )
+
+
+def _images(
+    ctx: AttackContext,
+    variant: str,
+    src: _Source,
+    inv: _Inversion,
+    info: dict[str, Any],
+    seconds: dict[str, float],
+) -> torch.Tensor:
+    """Images whose features approach ``src.z``: decoded, matched, or decoded then matched."""
+    dom = ctx.threat.domain
+    radius_linf = inv.linf if inv.linf is not None else ctx.threat.linf
+    center = src.start_x.to(ctx.device)
+    need_decoder = variant == "decoder" or inv.start == "decoder"
+    x_dec = None
+    if need_decoder:
+        decoder, seconds["decoder_train"] = _decoder(ctx, inv.decoder_steps)
+        dec_sum = getattr(decoder, "summary", {})
+        info["decoder_steps_run"] = dec_sum.get("attack_steps", inv.decoder_steps)
+        info["decoder_converged"] = dec_sum.get("converged", False)
+        t0 = time.perf_counter()
+        x_dec = _project(decode(decoder, src.z), center, dom, radius_linf)
+        seconds["inversion"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if variant == "decoder":
+        x = x_dec
+    else:
+        begin = x_dec if inv.start == "decoder" else center
+        match = feature_match(
+            ctx.extractor,
+            src.z.to(ctx.device),
+            begin,
+            dom,
+            radius_linf,
+            inv.match_steps,
+            inv.match_lr,
+            inv.match_method,
+            center=center,
+            batch_size=ctx.batch_size,
+        )
+        x = match.x
+        info["feature_error_init"] = match.init_rel_error
+        info["match_steps_run"] = match.summary.get("attack_steps", 0)
+        info["attack_steps"] += info["match_steps_run"]
+        info["converged"] = bool(info["converged"] and match.summary.get("converged", True))
+    seconds["inversion"] = seconds.get("inversion", 0.0) + time.perf_counter() - t0
+    assert x is not None
+    return x
 
 
 AUTO_SOURCES = ("gc", "tgda-feature")
@@ -260,7 +319,7 @@ def check_source(source: str) -> None:
         )
 
 
-def _inversion_source(ctx: AttackContext, source: str, pick: _Pick) -> _Source:
+def _inversion_source(ctx: AttackContext, source: str, pick: _Stage2Outcome) -> _Source:
     gc = _Source(
         "gc", pick.result.z, pick.result.y, pick.start_x, pick.base_idx, pick.realised_acc, {}
     )
@@ -279,7 +338,7 @@ def _feature_source(ctx: AttackContext, name: str) -> _Source:
     def compute() -> _Source:
         sub = replace(ctx, threat=replace(ctx.threat, regime="feature"))
         poison = get_attack(name).fn(sub)
-        if poison.z is None or poison.replace_idx is not None:
+        if poison.kind is not PoisonKind.FEATURES or poison.z is None:
             raise ConfigError(f"FT source={name!r} returned no injected features; use 'gc'")
         zc = ctx.z_train.to(torch.float64)
         yc = ctx.train.y.to(zc.device)
@@ -288,7 +347,7 @@ def _feature_source(ctx: AttackContext, name: str) -> _Source:
             torch.cat([zc, z_p.to(zc)]),
             torch.cat([yc, y_p]),
             ctx.n_classes,
-            _exact(ctx, max_iter=100, tol=1e-5),
+            _exact_lbfgs_recipe(ctx, max_iter=100, tol=1e-5),
             init=ctx.clean_head,
         )
         if poison.base_idx is not None:
@@ -327,18 +386,18 @@ def ft_feasible_target(
     default FT parameters (shared through ``ctx.memo`` with the FT variants): input-space GC
     aims at the same reachable target, so the two attacks differ only in where they optimise.
     """
-    params = {k: v for k, v in FT_DEFAULTS.items() if k in _STAGE12_KEYS}
+    params = {k: v for k, v in FT_DEFAULTS.items() if k in _FEATURE_STAGE_KEYS}
     params["seed_attacks"] = tuple(params["seed_attacks"])
-    pick = _stage12(ctx, params).feasible
+    pick = _feature_stages(ctx, params).feasible
     info = {
-        "target_acc": pick.target.train_acc,
+        "target_head_acc": pick.target.train_acc,
         "target_source": pick.target.source,
         "eps_needed": pick.target.eps_needed,
     }
     return pick.target.head, pick.result.y, pick.start_x, pick.base_idx, info
 
 
-_STAGE12_KEYS = (
+_FEATURE_STAGE_KEYS = (
     "radii",
     "radius",
     "target_acc",
@@ -407,7 +466,7 @@ def _generator(ctx: AttackContext, salt: str) -> torch.Generator:
     return torch.Generator().manual_seed(_stable_hash(f"{ctx.seed}|{ctx.threat.eps}|ft|{salt}"))
 
 
-def _exact(ctx: AttackContext, max_iter: int | None = None, tol: float | None = None):
+def _exact_lbfgs_recipe(ctx: AttackContext, max_iter: int | None = None, tol: float | None = None):
     """The victim's objective solved by L-BFGS (targets need the true optimum; the
     verification retrains only need its accuracy, so they pass a looser tolerance)."""
     return VictimConfig(
@@ -418,19 +477,17 @@ def _exact(ctx: AttackContext, max_iter: int | None = None, tol: float | None = 
     )
 
 
-def _stage12(ctx: AttackContext, p: dict[str, Any]) -> _Stage12:
+def _feature_stages(ctx: AttackContext, p: dict[str, Any]) -> _FeatureStages:
     key = ("ft/stage12", id(ctx.z_train), ctx.seed, ctx.threat.eps, tuple(sorted(p.items())))
 
-    def compute() -> _Stage12:
-        from ..threads import single_thread_if_small
-
+    def compute() -> _FeatureStages:
         with single_thread_if_small(ctx.z_train.numel(), ctx.z_train.device):
-            return _compute_stage12(ctx, p)  # thousands of small head-sized ops
+            return _compute_feature_stages(ctx, p)  # thousands of small head-sized ops
 
     return shared(ctx.memo, key, compute)
 
 
-def _compute_stage12(ctx: AttackContext, p: dict[str, Any]) -> _Stage12:
+def _compute_feature_stages(ctx: AttackContext, p: dict[str, Any]) -> _FeatureStages:
     t0 = time.perf_counter()
     wd = ctx.victim.weight_decay
     z = ctx.z_train.to(torch.float64)
@@ -445,13 +502,13 @@ def _compute_stage12(ctx: AttackContext, p: dict[str, Any]) -> _Stage12:
         targets = [evaluate_target(head, z, y, wd, box, f"gradpc-{p['norm']}", rel)]
         tries = targets
     else:
-        seeds = tuple(_seed_head(ctx, name) for name in p["seed_attacks"])
+        seeds = tuple(_induced_head(ctx, name) for name in p["seed_attacks"])
         radii = p["radii"] or _auto_radii(ctx, p, box, unit)
         targets = search_targets(
             head0, z, y, wd, n_p, box, radii, p["norm"], p["gradpc_steps"], seeds
         )
         reachable = [t for t in targets if t.reachable(n_p, n)] or targets[:1]
-        base = [t for t in targets if t.seed is not None and t.source == t.seed.name]
+        base = [t for t in targets if t.induced is not None and t.source == t.induced.name]
         tries = base + [t for t in reachable if all(t is not b for b in base)][: p["max_tries"]]
     t1 = time.perf_counter()
 
@@ -460,7 +517,7 @@ def _compute_stage12(ctx: AttackContext, p: dict[str, Any]) -> _Stage12:
         rand_idx = torch.randperm(n, generator=gen)[:n_p]
     else:
         rand_idx = torch.randint(n, (n_p,), generator=gen)
-    best: dict[str, _Pick] = {}
+    best: dict[str, _Stage2Outcome] = {}
     n_tried = 0
     for target in tries:
         n_tried += 1
@@ -472,11 +529,11 @@ def _compute_stage12(ctx: AttackContext, p: dict[str, Any]) -> _Stage12:
                 old.result.objective,
             ):
                 best[name] = pick
-        is_seed = target.seed is not None and target.source == target.seed.name
+        is_seed = target.induced is not None and target.source == target.induced.name
         if not is_seed and all(pk.result.objective <= p["accept"] for pk in picks.values()):
             break  # candidates come in increasing target accuracy: this one is attained
     t2 = time.perf_counter()
-    out = _Stage12(
+    out = _FeatureStages(
         ideal=best["ideal"],
         feasible=best["feasible"],
         n_candidates=len(targets),
@@ -486,27 +543,37 @@ def _compute_stage12(ctx: AttackContext, p: dict[str, Any]) -> _Stage12:
     return out
 
 
+def _stage2_start(
+    ctx: AttackContext, target: Target, rand_idx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where stage 2 starts: the inducing attack's poisons when it has one per budget slot,
+    else the clean points ``rand_idx``: (features, labels, start images, indices)."""
+    yc = ctx.train.y.to(ctx.z_train.device)
+    seed = target.induced
+    if seed is not None and seed.init_z is not None and len(seed.init_z) == ctx.n_poison:
+        z0, y0 = seed.init_z.to(yc.device), seed.init_y.to(yc.device)
+        idx = seed.init_idx
+        start_x = seed.init_x if seed.init_x is not None else ctx.train.x[idx]
+        return z0, y0, start_x, idx
+    idx = rand_idx
+    return ctx.z_train[idx.to(yc.device)], yc[idx.to(yc.device)], ctx.train.x[idx], idx
+
+
 def _try_target(
     ctx: AttackContext,
     p: dict[str, Any],
     target: Target,
     box: FeatureBox,
     rand_idx: torch.Tensor,
-) -> dict[str, _Pick]:
+) -> dict[str, _Stage2Outcome]:
     """Stage 2 for one candidate, both constraint sets, verified by retraining the victim."""
     wd = ctx.victim.weight_decay
     zc = ctx.z_train.to(torch.float64)
     yc = ctx.train.y.to(zc.device)
     head = target.head.to(zc.device, torch.float64)
     clean = clean_gradient(head, zc, yc, wd)
-    seed = target.seed
-    if seed is not None and seed.init_z is not None and len(seed.init_z) == ctx.n_poison:
-        z0, y0 = seed.init_z.to(zc.device), seed.init_y.to(zc.device)
-        idx = seed.init_idx
-        start_x = seed.init_x if seed.init_x is not None else ctx.train.x[idx]
-    else:
-        idx = rand_idx
-        z0, y0, start_x = ctx.z_train[idx.to(zc.device)], yc[idx.to(zc.device)], ctx.train.x[idx]
+    seed = target.induced
+    z0, y0, start_x, idx = _stage2_start(ctx, target, rand_idx)
     if seed is not None and target.source == seed.name and seed.init_z is not None:
         # the inducing attack's own poisons attain this head: nothing to optimise or retrain
         res = FeatureGCResult(
@@ -516,7 +583,7 @@ def _try_target(
             init_objective=math.nan,
             steps_run=0,
         )
-        pick = _Pick(target, res, start_x, idx, target.train_acc)
+        pick = _Stage2Outcome(target, res, start_x, idx, target.train_acc)
         return {"ideal": pick, "feasible": pick}
     scale = float(ctx.z_train.std()) or 1.0
     cap = None
@@ -544,25 +611,26 @@ def _try_target(
             torch.cat([zc, res.z.to(zc)]),
             torch.cat([yc, res.y.to(yc.device)]),
             ctx.n_classes,
-            _exact(ctx, max_iter=100, tol=1e-5),
+            _exact_lbfgs_recipe(ctx, max_iter=100, tol=1e-5),
             init=head,
         )
-        out[name] = _Pick(target, res, start_x, idx, victim.accuracy(zc, yc))
+        out[name] = _Stage2Outcome(target, res, start_x, idx, victim.accuracy(zc, yc))
     return out
 
 
-def _seed_head(ctx: AttackContext, name: str) -> SeedHead:
+def _induced_head(ctx: AttackContext, name: str) -> InducedHead:
     """Run another injection attack and train the victim on clean ∪ its poisons."""
     info = get_attack(name)
     regime = "box" if "box" in info.regimes else info.regimes[0]
     sub = replace(ctx, threat=replace(ctx.threat, regime=regime))
     poison = info.fn(sub)
-    if poison.replace_idx is not None:
+    if poison.kind is PoisonKind.REPLACEMENTS:
         raise ConfigError(
             f"FT seed attack {name!r} perturbs training points instead of injecting; "
             "use an injection attack such as 'label-flip'"
         )
-    if poison.z is not None:
+    if poison.kind is PoisonKind.FEATURES:
+        assert poison.z is not None
         z_p = poison.z.to(ctx.z_train)
     elif (
         poison.base_idx is not None
@@ -577,10 +645,10 @@ def _seed_head(ctx: AttackContext, name: str) -> SeedHead:
         torch.cat([ctx.z_train, z_p]),
         torch.cat([ctx.train.y.to(y_p.device), y_p]),
         ctx.n_classes,
-        _exact(ctx),
+        _exact_lbfgs_recipe(ctx),
         init=ctx.clean_head,
     )
-    return SeedHead(
+    return InducedHead(
         name,
         head,
         init_idx=poison.base_idx,

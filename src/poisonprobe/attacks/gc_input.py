@@ -20,7 +20,7 @@ from ..head.objective import LinearHead
 from ..head.solvers import newton_solve
 from ..shared_work import shared
 from ._optim import Plateau, stop_rule
-from .base import AttackContext, PoisonSet, register_attack
+from .base import AttackContext, PoisonKind, PoisonSet, register_attack
 from .common import PixelOptimizer, check_labels, feature_loss_and_grad, init_poisons
 from .feature_targeted import ft_feasible_target
 from .gc_objective import clean_gradient, gc_loss
@@ -65,7 +65,7 @@ def target_head(
     z, y = ctx.z_train, ctx.train.y.to(ctx.z_train.device)
     meta = {
         "target_radius": radius,
-        "target_acc": target.accuracy(z, y),  # on the clean *training* set (no test split)
+        "target_head_acc": target.accuracy(z, y),  # on the clean *training* set (no test split)
         "target_reach_ratio": _reach_ratio(target, z, y, ctx.victim.weight_decay, ctx.n_poison),
     }
     return target, meta
@@ -89,7 +89,7 @@ def induced_target(ctx: AttackContext) -> tuple[LinearHead, dict[str, float], Po
     head, ps = shared(ctx.memo, key, compute)
     z, y = ctx.z_train, ctx.train.y.to(ctx.z_train.device)
     meta = {
-        "target_acc": head.accuracy(z, y),
+        "target_head_acc": head.accuracy(z, y),
         "target_reach_ratio": _reach_ratio(head, z, y, ctx.victim.weight_decay, ctx.n_poison),
     }
     return head, meta, ps
@@ -98,6 +98,64 @@ def induced_target(ctx: AttackContext) -> tuple[LinearHead, dict[str, float], Po
 # ---------------------------------------------------------------------------------------------
 # the attack
 # ---------------------------------------------------------------------------------------------
+
+
+def _check(patience: int, goal: float, labels: str, target: str) -> None:
+    """Refuse bad gc-input parameters before any work."""
+    if patience < 1:
+        raise ConfigError(f"gc-input patience={patience!r} must be an integer >= 1")
+    if not goal >= 0:
+        raise ConfigError(f"gc-input goal={goal} must be >= 0 (a relative GC objective)")
+    check_labels(labels)
+    if target not in ("ft", "gradpc", "tgda-feature"):
+        raise ConfigError(
+            f"gc-input target={target!r} is unknown; use 'ft', 'gradpc' or 'tgda-feature'"
+        )
+
+
+def _start(
+    ctx: AttackContext, target: str, labels: str, radius: float, target_steps: int
+) -> tuple[LinearHead, dict[str, float], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The target head, its report, and the poisons' start: (head, meta, idx, x0, y)."""
+    if target == "gradpc":
+        head, meta = target_head(ctx, radius=radius, steps=target_steps)
+        idx, x0, y = init_poisons(ctx, "gc-input", labels)
+        return head, meta, idx, x0, y
+    if target == "ft":
+        head, y, x0, idx, meta = ft_feasible_target(ctx)
+        # read-only: the optimiser copies it
+        return head, meta, idx, x0.to(ctx.device), y.to(ctx.device)
+    head, meta, seed = induced_target(ctx)
+    assert seed.base_idx is not None
+    idx, y = seed.base_idx, seed.y.to(ctx.device)
+    return head, meta, idx, ctx.train.x[idx].to(ctx.device), y  # indexing copies
+
+
+def _cancel(
+    ctx: AttackContext,
+    opt: PixelOptimizer,
+    plateau: Plateau,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    goal: float,
+) -> tuple[torch.Tensor, int]:
+    """Descend the GC objective until ``plateau`` stops it: (best images, steps taken)."""
+    # opt.step never mutates an x it returned: keeping a reference is keeping a copy
+    best_x, done = opt.x, 0
+    for _ in ctx.iterate(plateau.rule.max_steps, "gc-input"):
+        loss, gx, _ = feature_loss_and_grad(ctx, opt.x, loss_fn)
+        if plateau.record(loss):
+            best_x = opt.x
+        if loss < goal:
+            plateau.reach("goal")
+        if plateau.done():
+            break
+        if plateau.restart_due():  # the steps overshoot (e.g. lr too big for large images)
+            opt.restart(best_x)  # back to the best images, half the step; the next pass
+            continue  # recomputes the gradient there
+        opt.step(gx)
+        del gx  # before the next gradient is allocated
+        done += 1
+    return best_x, done
 
 
 def gc_objective_fn(
@@ -146,65 +204,22 @@ def gc_input(
     (and starts from those poisons' base images and labels; ``labels`` is then ignored).
     """
     rule = stop_rule("gc-input", tol, window, max_steps, patience)
-    if patience < 1:
-        raise ConfigError(f"gc-input patience={patience!r} must be an integer >= 1")
-    if not goal >= 0:
-        raise ConfigError(f"gc-input goal={goal} must be >= 0 (a relative GC objective)")
+    _check(patience, goal, labels, target)
     lr = lr if lr is not None else (0.1 if optimizer == "adam" else 0.02)
-    check_labels(labels)
-    if target not in ("ft", "gradpc", "tgda-feature"):
-        raise ConfigError(
-            f"gc-input target={target!r} is unknown; use 'ft', 'gradpc' or 'tgda-feature'"
-        )
     t_all = time.perf_counter()
-    if target == "gradpc":
-        head, meta = target_head(ctx, radius=radius, steps=target_steps)
-        t_target = time.perf_counter() - t_all
-        t0 = time.perf_counter()
-        idx, x0, y = init_poisons(ctx, "gc-input", labels)
-    elif target == "ft":
-        head, y, x0, idx, meta = ft_feasible_target(ctx)
-        t_target = time.perf_counter() - t_all
-        t0 = time.perf_counter()
-        y, x0 = y.to(ctx.device), x0.to(ctx.device)  # read-only: the optimiser copies it
-    else:
-        head, meta, seed = induced_target(ctx)
-        t_target = time.perf_counter() - t_all
-        t0 = time.perf_counter()
-        assert seed.base_idx is not None
-        idx, y = seed.base_idx, seed.y.to(ctx.device)
-        x0 = ctx.train.x[idx].to(ctx.device)  # indexing copies
+    head, meta, idx, x0, y = _start(ctx, target, labels, radius, target_steps)
+    t_target = time.perf_counter() - t_all
+    t0 = time.perf_counter()
     z_clean = ctx.z_train
     loss_fn = gc_objective_fn(head, z_clean, ctx.train.y.to(z_clean.device), y, ctx.victim)
     opt = PixelOptimizer(ctx, x0, x0, optimizer, lr, None)
     plateau = Plateau(rule, maximize=False, relative_to_start=True)
-    # opt.step never mutates an x it returned: keeping a reference is keeping a copy
-    best_x, done = opt.x, 0
-    for _ in ctx.iterate(rule.max_steps, "gc-input"):
-        loss, gx, _ = feature_loss_and_grad(ctx, opt.x, loss_fn)
-        if plateau.record(loss):
-            best_x = opt.x
-        if loss < goal:
-            plateau.reach("goal")
-        if plateau.done():
-            break
-        if plateau.restart_due():  # the steps overshoot (e.g. lr too big for large images)
-            opt.restart(best_x)  # back to the best images, half the step; the next pass
-            continue  # recomputes the gradient there
-        opt.step(gx)
-        del gx  # before the next gradient is allocated
-        done += 1
-    best, first = plateau.best, plateau.trace[0]
+    best_x, done = _cancel(ctx, opt, plateau, loss_fn, goal)
     seconds = time.perf_counter() - t0
-    info = {
-        **meta,
-        "target": target,
-        "gc_objective": best,
-        "gc_objective_init": first,
-        **plateau.summary(),
-        "steps_run": done,
-    }
+    info = {**meta, "target": target, "gc_objective": plateau.best}
+    info.update(gc_objective_init=plateau.trace[0], **plateau.summary(), steps_run=done)
     return PoisonSet(
+        kind=PoisonKind.IMAGES,
         y=y.cpu(),
         x=best_x.detach().cpu(),
         base_idx=idx,

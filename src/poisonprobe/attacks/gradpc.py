@@ -17,6 +17,7 @@ Gradients are closed form (``victim.gradient_sums``); everything is batched on o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -113,7 +114,7 @@ def clean_loss_and_gradient(
 
 
 @dataclass(eq=False)
-class SeedHead:
+class InducedHead:
     """A head some attack induced, with the poisons that induced it (stage 2 starts there)."""
 
     name: str
@@ -134,7 +135,7 @@ class Target:
     train_acc: float
     train_loss: float
     eps_needed: float
-    seed: SeedHead | None = None  # stage 2 initialises from the seed's poisons when set
+    induced: InducedHead | None = None  # stage 2 starts from the inducing poisons when set
     extras: dict[str, float] = field(default_factory=dict)
 
     def reachable(self, n_poison: int, n_clean: int) -> bool:
@@ -149,7 +150,7 @@ def evaluate_target(
     box: FeatureBox | None,
     source: str,
     radius: float | None = None,
-    seed: SeedHead | None = None,
+    induced: InducedHead | None = None,
 ) -> Target:
     """Accuracy, loss and poisonability of one candidate on the clean training features."""
     p = poisonability(head, z, y, weight_decay, box)
@@ -160,9 +161,30 @@ def evaluate_target(
         train_acc=head.accuracy(z, y),
         train_loss=clean_loss(head, z, y),
         eps_needed=p.eps_needed,
-        seed=seed,
+        induced=induced,
         extras={"eps_direction": p.eps_direction, "eps_bias": p.eps_bias},
     )
+
+
+def _along_ray(
+    at: Callable[[float], Target], n_poison: int, n: int, ray_max: float, iters: int
+) -> list[Target]:
+    """The largest reachable amplification t* ≤ ``ray_max`` of a seed head (bisection) and
+    the midpoint (1 + t*)/2, or nothing when no amplification is reachable."""
+    lo, hi = 1.0, ray_max
+    best: Target | None = at(hi)
+    if not best.reachable(n_poison, n):
+        best = None
+        for _ in range(iters):  # the largest reachable amplification
+            mid = 0.5 * (lo + hi)
+            cand = at(mid)
+            if cand.reachable(n_poison, n):
+                lo, best = mid, cand
+            else:
+                hi = mid
+    if best is None:
+        return []
+    return [best, at(0.5 * (1.0 + lo))]
 
 
 def search_targets(
@@ -175,7 +197,7 @@ def search_targets(
     radii: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0),
     norm: str = "l2",
     steps: int = 50,
-    seeds: tuple[SeedHead, ...] = (),
+    induced: tuple[InducedHead, ...] = (),
     ray_max: float = 4.0,
     ray_iters: int = 5,
     ascent_steps: int = 6,
@@ -199,31 +221,21 @@ def search_targets(
         out.append(evaluate_target(head, z, y, weight_decay, box, f"gradpc-{norm}", rel))
     theta0 = head0.flat()
     k, d = head0.weight.shape
-    for seed in seeds:
+    for seed in induced:
         base = evaluate_target(
-            seed.head.to(z.device, torch.float64), z, y, weight_decay, box, seed.name, seed=seed
+            seed.head.to(z.device, torch.float64), z, y, weight_decay, box, seed.name, induced=seed
         )
         out.append(base)
         delta = base.head.flat() - theta0
 
-        def at(t: float, seed: SeedHead = seed, delta: torch.Tensor = delta) -> Target:
+        def at(t: float, seed: InducedHead = seed, delta: torch.Tensor = delta) -> Target:
             head = LinearHead.from_flat(theta0 + t * delta, k, d)
-            return evaluate_target(head, z, y, weight_decay, box, f"{seed.name}×{t:.3g}", seed=seed)
+            return evaluate_target(
+                head, z, y, weight_decay, box, f"{seed.name}×{t:.3g}", induced=seed
+            )
 
         if base.reachable(n_poison, n) and ray_iters > 0:
-            lo, hi = 1.0, ray_max
-            best = at(hi)
-            if not best.reachable(n_poison, n):
-                best = None
-                for _ in range(ray_iters):  # the largest reachable amplification
-                    mid = 0.5 * (lo + hi)
-                    cand = at(mid)
-                    if cand.reachable(n_poison, n):
-                        lo, best = mid, cand
-                    else:
-                        hi = mid
-            if best is not None:
-                out.extend([best, at(0.5 * (1.0 + lo))])
+            out.extend(_along_ray(at, n_poison, n, ray_max, ray_iters))
         if ascent_steps > 0 and base.reachable(n_poison, n):
             out.append(
                 _constrained_ascent(base, z, y, weight_decay, box, n_poison, ascent_steps, delta)
@@ -253,7 +265,7 @@ def _constrained_ascent(
         cand_theta = theta + step * g / g.norm().clamp_min(1e-30)
         head = LinearHead.from_flat(cand_theta, k, d)
         cand = evaluate_target(
-            head, z, y, weight_decay, box, f"{start.source}+ascent", seed=start.seed
+            head, z, y, weight_decay, box, f"{start.source}+ascent", induced=start.induced
         )
         if cand.reachable(n_poison, n):
             theta, best = cand_theta, cand

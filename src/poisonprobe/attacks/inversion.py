@@ -150,8 +150,7 @@ def train_decoder(
                 group["lr"] *= 0.5
     dec.summary = plateau.summary()
     dec.eval()
-    for p in dec.parameters():
-        p.requires_grad_(False)
+    dec.requires_grad_(False)
     return dec
 
 
@@ -198,6 +197,7 @@ def _project_(
     return x.clamp_(domain.low, domain.high)
 
 
+# long: one projected-descent loop with batched encoding; its state changes together
 def feature_match(
     extractor: nn.Module,
     zeta: torch.Tensor,

@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..head.objective import label_targets
 from ._feasible import check_defense_kind, defense_feasible_set
 from ._optim import Plateau, stop_rule
-from .base import AttackContext, PoisonSet, register_attack
+from .base import AttackContext, PoisonKind, PoisonSet, register_attack
 from .feature_targeted import ft_feasible_target
 from .gc_input import induced_target
 from .gc_objective import GCLossAndGrad, clean_gradient
@@ -41,6 +41,7 @@ def _validate(p: dict) -> None:
         raise ConfigError("kkt points_per_label must be >= 1 and lr > 0")
 
 
+# long: one Adam loop on a few repeated points inside the defence's set; its state moves together
 @register_attack("kkt", regimes=("feature",), validate=_validate)
 def kkt(
     ctx: AttackContext,
@@ -128,6 +129,7 @@ def kkt(
         "in_feasible_set": float(feasible.contains(best, y_pts).double().mean()),
     }
     return PoisonSet(
+        kind=PoisonKind.FEATURES,
         y=y_rows.cpu(),
         z=z_out,
         base_idx=nearest,

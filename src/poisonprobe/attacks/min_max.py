@@ -15,7 +15,7 @@ from ..bounds.feasible import check_modellable
 from ..bounds.loss_bound import shared_minimax
 from ..defenses import parse_defense
 from ..errors import ConfigError
-from .base import AttackContext, PoisonSet, register_attack
+from .base import AttackContext, PoisonKind, PoisonSet, register_attack
 
 
 @register_attack("min-max", regimes=("feature",))
@@ -51,4 +51,5 @@ def min_max(
         z=res.worst_z[pick].float(),
         info={"bound_loss": res.bound_loss, "minimax_steps": res.steps},
         stage_seconds={},
+        kind=PoisonKind.FEATURES,
     )

@@ -336,6 +336,7 @@ def _list_folder(folder: Path) -> tuple[list[str], list, np.ndarray, list, np.nd
     return classes, tr_files, tr_y, te_files, te_y
 
 
+# long: reads, validates and caches in one pass; its error messages need the local names
 def load_image_folder(
     path: Path, root: Path, train_cap: int | None = None, test_cap: int | None = None
 ) -> DatasetSplits:
@@ -513,16 +514,15 @@ def _npz_channel_tuple(
     return tuple(float(a) for a in v)
 
 
-def load_npz(path: Path) -> DatasetSplits:
-    """Load and validate an ``.npz`` dataset (see module docstring)."""
-    path = path.expanduser()
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file, or a one-line error saying what is wrong with it."""
     if not path.is_file():
         raise DataError(f"npz file {path} does not exist; give npz:PATH to an .npz file")
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path} is not an .npz (zip) archive; write it with np.savez")
     try:
         with np.load(path, allow_pickle=False) as f:
-            z = {k: f[k] for k in f.files}
+            return {k: f[k] for k in f.files}
     except ValueError as err:
         if "pickle" in str(err):
             raise DataError(
@@ -535,6 +535,30 @@ def load_npz(path: Path) -> DatasetSplits:
         raise DataError(
             f"{path} is not a readable .npz file ({type(err).__name__}); write it with np.savez"
         ) from None
+
+
+def _npz_classes(z: dict[str, np.ndarray], n_classes: int, path: Path) -> list[str]:
+    """Class names: the ``classes`` array, else ``0..K-1`` (K = largest label + 1)."""
+    if "classes" in z:
+        classes = [str(s) for s in np.asarray(z["classes"]).reshape(-1).tolist()]
+        if len(classes) < n_classes:
+            raise DataError(
+                f"{path}: labels go up to {n_classes - 1} but classes has {len(classes)} names; "
+                "give one name per class"
+            )
+        return classes
+    if n_classes > _MAX_CLASSES:
+        raise DataError(
+            f"{path}: labels go up to {n_classes - 1}; use class indices 0..K-1 "
+            f"(at most {_MAX_CLASSES} classes without a classes array)"
+        )
+    return [str(i) for i in range(n_classes)]
+
+
+def load_npz(path: Path) -> DatasetSplits:
+    """Load and validate an ``.npz`` dataset (see module docstring)."""
+    path = path.expanduser()
+    z = _read_npz(path)
     missing = [k for k in _NPZ_KEYS if k not in z]
     if missing:
         raise DataError(
@@ -557,22 +581,7 @@ def load_npz(path: Path) -> DatasetSplits:
         raise DataError(f"{path}: images have {c} channels; use 1 (grey) or 3 (RGB)")
     y_tr = _npz_labels(z["y_train"], len(xs["x_train"]), "y_train", path)
     y_te = _npz_labels(z["y_test"], len(xs["x_test"]), "y_test", path)
-    n_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
-    if "classes" in z:
-        classes = [str(s) for s in np.asarray(z["classes"]).reshape(-1).tolist()]
-        if len(classes) < n_classes:
-            raise DataError(
-                f"{path}: labels go up to {n_classes - 1} but classes has {len(classes)} names; "
-                "give one name per class"
-            )
-    elif n_classes > _MAX_CLASSES:
-        raise DataError(
-            f"{path}: labels go up to {n_classes - 1}; use class indices 0..K-1 "
-            f"(at most {_MAX_CLASSES} classes without a classes array)"
-        )
-    else:
-        classes = [str(i) for i in range(n_classes)]
-
+    classes = _npz_classes(z, int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1, path)
     nchw = {}
     for key, x in xs.items():
         t = torch.from_numpy(np.ascontiguousarray(x))

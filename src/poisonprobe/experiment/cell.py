@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from ..attacks import AttackContext, PoisonSet, get_attack
+from ..attacks import AttackContext, AttackInfo, PoisonKind, PoisonSet, get_attack
 from ..bounds.loss_bound import clean_loss
 from ..data.base import check_images, images_in_box
 from ..data.loaders.features import is_embedding_domain
@@ -49,7 +49,9 @@ class TrainingSet:
 
 
 def encode_poisons(prep: Prepared, poison: PoisonSet, batch_size: int) -> torch.Tensor:
-    if poison.z is not None:
+    """The poisons' features: injected as given, or the extractor's on their images."""
+    if poison.kind is PoisonKind.FEATURES:
+        assert poison.z is not None
         return poison.z.detach().to(prep.z_train.device, torch.float32)
     check_images(prep.target.domain, poison.x, "poison images")
     return encode_batched(prep.extractor, poison.x, batch_size).to(prep.z_train.device)
@@ -69,7 +71,8 @@ def build_training_set(prep: Prepared, poison: PoisonSet | None, batch_size: int
         if poison.x is not None
         else torch.ones(len(poison), dtype=torch.bool, device=z.device)
     )
-    if poison.replace_idx is not None:
+    if poison.kind is PoisonKind.REPLACEMENTS:
+        assert poison.replace_idx is not None
         idx = poison.replace_idx.to(z.device).long()
         z, y, in_box, is_poison = z.clone(), y.clone(), in_box.clone(), is_poison.clone()
         z[idx], y[idx], in_box[idx], is_poison[idx] = zp, yp, boxp, True
@@ -195,6 +198,157 @@ def unit_cells(
     ]
 
 
+@dataclass
+class UnitRun:
+    """One (setting, split, extractor, seed) unit while its cells run: what they share."""
+
+    prep: Prepared
+    cfg: Config
+    seed: int
+    defenses: list[DefenseSpec]
+    vcfg: VictimConfig
+    store: RowSink
+    reporter: Reporter
+    device: torch.device
+    out_dir: Path
+    run_id: str = ""
+    # FT stages, decoder, targets, minimax: computed once, billed visibly
+    memo: SharedWork = field(default_factory=SharedWork)
+    projected: dict[str, torch.Tensor] = field(default_factory=dict)  # poison features
+
+    @property
+    def figures(self) -> bool:
+        """Figures come from the first seed of the first split only."""
+        return self.seed == self.cfg.seeds[0] and self.prep.split_seed == self.cfg.split_seeds[0]
+
+    def identity(self, spec: AttackSpec | None, regime: str, eps: float, d: DefenseSpec) -> dict:
+        """A row's fixed columns and its key fields (``spec=None``: the unpoisoned row)."""
+        prep = self.prep
+        base = {
+            "source": prep.setting.source,
+            "target": prep.setting.target,
+            "n_clean": len(prep.target.train),
+            "n_test": len(prep.target.test),
+            "clean_acc": prep.clean_acc,
+            "config_id": self.run_id,
+        }
+        return {
+            **base,
+            **row_identity(prep, self.cfg, self.device, self.seed, spec, regime, eps, d),
+        }
+
+    def clean_rows(self) -> None:
+        """The unpoisoned victim under every defence, one row per (eps, defence)."""
+        clean_ts = build_training_set(self.prep, None, self.cfg.batch_size)
+        for eps in self.cfg.eps:
+            for d in self.defenses:
+                row = self.identity(None, "-", eps, d)
+                if self.store.has(row["cell_id"]):
+                    self.reporter.advance()
+                    continue
+                t0 = time.perf_counter()
+                row.update(evaluate(self.prep, clean_ts, d, eps, self.vcfg, self.seed), n_poison=0)
+                row["seconds"] = time.perf_counter() - t0
+                self.store.append(row)
+                self.reporter.advance()
+
+    def attack_cell(self, spec: AttackSpec, info: AttackInfo, regime: str, eps: float) -> None:
+        """One attack cell: the attack once, then a row per defence not yet in the store."""
+        keys = {d.label: self.identity(spec, regime, eps, d) for d in self.defenses}
+        todo = [d for d in self.defenses if not self.store.has(keys[d.label]["cell_id"])]
+        if not todo:
+            self.reporter.advance(len(self.defenses))
+            return
+        prep, cfg = self.prep, self.cfg
+        self.reporter.describe(f"{prep.setting.name} {spec.column} {regime} eps={eps}")
+        poison, attack_seconds, shared_seconds = self.run_attack(spec, info, regime, eps)
+        ts = build_training_set(prep, poison, cfg.batch_size)
+        if cfg.save_poisons:
+            save_poisons(poison_file(self.out_dir, keys[todo[0].label]), poison)
+        if self.figures and eps == max(cfg.eps):
+            _record_figures(
+                prep, spec.column, regime, eps, poison, ts, self.out_dir, self.projected
+            )
+        for d in todo:
+            t1 = time.perf_counter()
+            row = dict(keys[d.label])
+            row.update(evaluate(prep, ts, d, eps, self.vcfg, self.seed))
+            row.update(
+                n_poison=len(poison),
+                attack_seconds=attack_seconds,
+                shared_seconds=shared_seconds,
+                seconds=attack_seconds + time.perf_counter() - t1,
+                **_attack_columns(poison),
+            )
+            self.store.append(row)
+            self.reporter.advance()
+        self.reporter.advance(len(self.defenses) - len(todo))
+
+    def run_attack(
+        self, spec: AttackSpec, info: AttackInfo, regime: str, eps: float
+    ) -> tuple[PoisonSet, float, float]:
+        """The attack's poisons, its own seconds and the seconds of shared work it used."""
+        prep = self.prep
+        ctx = AttackContext.build(
+            prep.extractor,
+            prep.target.train,
+            eps,
+            regime=regime,
+            linf=self.cfg.linf,
+            victim=prep.clean_victim,
+            seed=self.seed,
+            device=self.device,
+            z_train=prep.z_train,
+            clean_head=prep.clean_head,
+            memo=self.memo,
+            progress=self.reporter.track,
+            batch_size=self.cfg.batch_size,
+        )
+        torch.manual_seed(self.seed)
+        self.memo.take_used()  # bill this attack only for the shared work it uses
+        t0 = time.perf_counter()
+        # small problems run on one thread: feature attacks do head-sized ops only, and
+        # input attacks on small images (digits) pass a few hundred 8x8 images through
+        # a small net per step, where a second thread costs more in barriers than it
+        # gives (tgda on digits: 0.11 s per leader step on one thread, 0.45 s on two
+        # next to one busy process)
+        work = prep.z_train.numel()
+        if info.regimes != ("feature",):
+            work = max(work, prep.target.train.x.numel())
+        with single_thread_if_small(work, prep.z_train.device):
+            poison = info.fn(ctx, **spec.params)
+        return poison, time.perf_counter() - t0, self.memo.take_used()
+
+    def save_projection(self) -> None:
+        """The PCA figure of clean features and every attack's poisons (first seed only)."""
+        if not self.projected:
+            return
+        prep = self.prep
+        name = _figure_name("features", prep.setting.name, prep.ext_cfg.label)
+        save_feature_projection(
+            prep.z_train,
+            prep.target.train.y,
+            self.projected,
+            self.out_dir / f"{name}.png",
+            f"{prep.setting.name}: clean features (PCA) and poisons at eps={max(self.cfg.eps)}",
+            classes=prep.target.train.classes,
+        )
+
+
+def _attack_columns(poison: PoisonSet) -> dict[str, Any]:
+    """The result columns an attack reports through ``PoisonSet.info`` and its stage times."""
+    return {
+        "target_head_acc": poison.info.get("target_head_acc"),
+        "gc_objective": poison.info.get("gc_objective"),
+        "eps_needed": poison.info.get("eps_needed"),
+        "attack_objective": poison.info.get("attack_objective"),
+        "attack_steps": poison.info.get("attack_steps"),
+        "converged": poison.info.get("converged"),
+        "stages": json.dumps({k: round(v, 4) for k, v in poison.stage_seconds.items()}),
+        "info": json.dumps(_jsonable(poison.info)),
+    }
+
+
 def run_unit_cells(
     prep: Prepared,
     cfg: Config,
@@ -208,114 +362,15 @@ def run_unit_cells(
     run_id: str = "",
 ) -> None:
     """Every cell of one seed; cells whose ``cell_id`` ``store`` already has are skipped."""
-    memo = SharedWork()  # FT stages, decoder, targets, minimax: computed once, billed visibly
-    figures = seed == cfg.seeds[0] and prep.split_seed == cfg.split_seeds[0]
-    projected: dict[str, torch.Tensor] = {}
-    base = {
-        "source": prep.setting.source,
-        "target": prep.setting.target,
-        "n_clean": len(prep.target.train),
-        "n_test": len(prep.target.test),
-        "clean_acc": prep.clean_acc,
-        "config_id": run_id,
-    }
-
-    def identity(spec: AttackSpec | None, regime: str, eps: float, d: DefenseSpec) -> dict:
-        return {**base, **row_identity(prep, cfg, device, seed, spec, regime, eps, d)}
-
-    clean_ts = build_training_set(prep, None, cfg.batch_size)
-    for eps in cfg.eps:
-        for d in defenses:
-            row = identity(None, "-", eps, d)
-            if store.has(row["cell_id"]):
-                reporter.advance()
-                continue
-            t0 = time.perf_counter()
-            row.update(evaluate(prep, clean_ts, d, eps, vcfg, seed), n_poison=0)
-            row["seconds"] = time.perf_counter() - t0
-            store.append(row)
-            reporter.advance()
-    reporter.advance(bound_rows(prep, cfg, defenses, store, memo, identity))
+    unit = UnitRun(prep, cfg, seed, defenses, vcfg, store, reporter, device, out_dir, run_id)
+    unit.clean_rows()
+    reporter.advance(bound_rows(prep, cfg, defenses, store, unit.memo, unit.identity))
     for spec in cfg.attacks:
         info = get_attack(spec.name)
         for regime in attack_regimes(spec, cfg):
             for eps in cfg.eps:
-                keys = {d.label: identity(spec, regime, eps, d) for d in defenses}
-                todo = [d for d in defenses if not store.has(keys[d.label]["cell_id"])]
-                if not todo:
-                    reporter.advance(len(defenses))
-                    continue
-                reporter.describe(f"{prep.setting.name} {spec.column} {regime} eps={eps}")
-                ctx = AttackContext.build(
-                    prep.extractor,
-                    prep.target.train,
-                    eps,
-                    regime=regime,
-                    linf=cfg.linf,
-                    victim=prep.clean_victim,
-                    seed=seed,
-                    device=device,
-                    z_train=prep.z_train,
-                    clean_head=prep.clean_head,
-                    memo=memo,
-                    progress=reporter.track,
-                    batch_size=cfg.batch_size,
-                )
-                torch.manual_seed(seed)
-                memo.take_used()  # bill this attack only for the shared work it uses
-                t0 = time.perf_counter()
-                # small problems run on one thread: feature attacks do head-sized ops only, and
-                # input attacks on small images (digits) pass a few hundred 8x8 images through
-                # a small net per step, where a second thread costs more in barriers than it
-                # gives (tgda on digits: 0.11 s per leader step on one thread, 0.45 s on two
-                # next to one busy process)
-                work = prep.z_train.numel()
-                if info.regimes != ("feature",):
-                    work = max(work, prep.target.train.x.numel())
-                with single_thread_if_small(work, prep.z_train.device):
-                    poison = info.fn(ctx, **spec.params)
-                attack_seconds = time.perf_counter() - t0
-                shared_seconds = memo.take_used()
-                ts = build_training_set(prep, poison, cfg.batch_size)
-                if cfg.save_poisons:
-                    save_poisons(poison_file(out_dir, keys[todo[0].label]), poison)
-                if figures and eps == max(cfg.eps):
-                    _record_figures(prep, spec.column, regime, eps, poison, ts, out_dir, projected)
-                for d in todo:
-                    t1 = time.perf_counter()
-                    row = dict(keys[d.label])
-                    row.update(evaluate(prep, ts, d, eps, vcfg, seed))
-                    row.update(
-                        n_poison=len(poison),
-                        attack_seconds=attack_seconds,
-                        shared_seconds=shared_seconds,
-                        seconds=attack_seconds + time.perf_counter() - t1,
-                        target_acc=poison.info.get("target_acc"),
-                        gc_objective=poison.info.get("gc_objective"),
-                        eps_needed=poison.info.get("eps_needed"),
-                        attack_objective=poison.info.get("attack_objective"),
-                        attack_steps=poison.info.get("attack_steps"),
-                        converged=poison.info.get("converged"),
-                        stages=json.dumps(
-                            {k: round(v, 4) for k, v in poison.stage_seconds.items()}
-                        ),
-                        info=json.dumps(_jsonable(poison.info)),
-                    )
-                    store.append(row)
-                    reporter.advance()
-                reporter.advance(len(defenses) - len(todo))
-                # free this cell's poisons (15k CIFAR images: ~180 MB) before the next attack
-                # allocates its own, instead of when the names are rebound
-                del poison, ts
-    if projected:
-        save_feature_projection(
-            prep.z_train,
-            prep.target.train.y,
-            projected,
-            out_dir / (_figure_name("features", prep.setting.name, prep.ext_cfg.label) + ".png"),
-            f"{prep.setting.name}: clean features (PCA) and poisons at eps={max(cfg.eps)}",
-            classes=prep.target.train.classes,
-        )
+                unit.attack_cell(spec, info, regime, eps)
+    unit.save_projection()
 
 
 GRID_COLUMNS = 8  # poisons shown in each image grid

@@ -150,6 +150,7 @@ def prepare(
     feature_cache,
     split_seed: int = 0,
 ) -> Prepared:
+    """Data, frozen extractor, features and the clean head of one (setting, split, extractor)."""
     if ext_cfg.is_zoo:
         check_zoo_weights(ext_cfg.arch, ext_cfg.weights)  # offline: fail before loading data
     if is_features_spec(setting.target):
@@ -157,19 +158,9 @@ def prepare(
         check_bounds_data(cfg, len(target.train))
         feature_cache = EmbeddingCache()
     else:
-        source = load_dataset(setting.source, cfg.data_root, split_seed, download=cfg.download)
-        target = load_dataset(setting.target, cfg.data_root, split_seed, download=cfg.download)
-        if source.domain.shape != target.domain.shape:
-            raise DataError(
-                f"setting {setting.name!r}: source {setting.source} has input shape "
-                f"{source.domain.shape} but target {setting.target} has {target.domain.shape}; "
-                "choose datasets of one shape (or resize one of them)"
-            )
-        check_bounds_data(cfg, len(target.train))  # before pre-training
-        ext, path, sha, seconds = obtain_extractor(ext_cfg, source, device, reporter)
-        if ext.domain != target.domain:
-            # the extractor normalises with the source statistics: what a transfer user gets
-            log.info("transfer: extractor normalises with %s statistics", setting.source)
+        target, ext, path, sha, seconds = load_images(
+            setting, ext_cfg, cfg, device, reporter, split_seed
+        )
     check_memory(
         len(target.train),
         len(target.test),
@@ -205,6 +196,31 @@ def prepare(
         clean_victim=vcfg,
         split_seed=split_seed,
     )
+
+
+def load_images(
+    setting: SettingConfig,
+    ext_cfg: ExtractorConfig,
+    cfg: Config,
+    device: torch.device,
+    reporter: Reporter,
+    split_seed: int,
+) -> tuple[DatasetSplits, Extractor, str | None, str | None, dict[str, float]]:
+    """An image target and the extractor for it (loaded, shipped or pre-trained on the source)."""
+    source = load_dataset(setting.source, cfg.data_root, split_seed, download=cfg.download)
+    target = load_dataset(setting.target, cfg.data_root, split_seed, download=cfg.download)
+    if source.domain.shape != target.domain.shape:
+        raise DataError(
+            f"setting {setting.name!r}: source {setting.source} has input shape "
+            f"{source.domain.shape} but target {setting.target} has {target.domain.shape}; "
+            "choose datasets of one shape (or resize one of them)"
+        )
+    check_bounds_data(cfg, len(target.train))  # before pre-training
+    ext, path, sha, seconds = obtain_extractor(ext_cfg, source, device, reporter)
+    if ext.domain != target.domain:
+        # the extractor normalises with the source statistics: what a transfer user gets
+        log.info("transfer: extractor normalises with %s statistics", setting.source)
+    return target, ext, path, sha, seconds
 
 
 def load_embeddings(

@@ -52,7 +52,7 @@ COLUMNS = [
     "drop",
     "poison_removed",
     "clean_removed",
-    "target_acc",
+    "target_head_acc",
     "gc_objective",
     "eps_needed",
     "seconds",

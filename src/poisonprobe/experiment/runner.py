@@ -88,12 +88,7 @@ def _run(
     verbose: bool,
 ) -> pd.DataFrame:
     cfg = load_config(config)
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend {backend!r} is unknown; use one of: {', '.join(BACKENDS)}")
-    if ray_address is not None and backend != "ray":
-        raise ConfigError("--ray-address needs --backend ray; add it or drop the address")
-    if backend == "ray":
-        import_ray()  # fail in one line before any work when ray is missing
+    _check_backend(backend, ray_address)
     reporter = Reporter(quiet=quiet)
     device = resolve_device(cfg.device)
     out_dir = Path(out) if out is not None else default_out(config)
@@ -107,11 +102,7 @@ def _run(
     elif add:
         atomic_write_text(out_dir / f"config-{run_id}.yaml", cfg.to_yaml())
     if not quiet:
-        reporter.console.print(
-            f"[bold]poisonprobe run[/] → {out_dir}  (device {device}, backend {backend})"
-        )
-        summary = cfg.to_yaml().rstrip() if verbose else cfg.summary()
-        reporter.console.print(summary, markup=False, highlight=False, soft_wrap=not verbose)
+        _announce(reporter, cfg, f"{out_dir}  (device {device}, backend {backend})", verbose)
     log.info("config:\n%s", cfg.to_yaml())
     torch.manual_seed(0)
 
@@ -131,12 +122,7 @@ def _run(
         atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2))
         return prep
 
-    units = [
-        (setting, ext_cfg, split_seed)
-        for setting in cfg.settings
-        for split_seed in cfg.split_seeds
-        for ext_cfg in cfg.extractors
-    ]
+    units = _units(cfg)
     with reporter.session(total=cells, description="poisonprobe"):
         if backend == "ray":
             # the driver prepares each (setting, split, extractor) first: pre-training and
@@ -149,6 +135,33 @@ def _run(
             )
     finish_report(out_dir)
     return store.frame()
+
+
+def _units(cfg: Config) -> list[tuple[SettingConfig, ExtractorConfig, int]]:
+    """The (setting, extractor, split seed) units, in the order they run."""
+    return [
+        (setting, ext_cfg, split_seed)
+        for setting in cfg.settings
+        for split_seed in cfg.split_seeds
+        for ext_cfg in cfg.extractors
+    ]
+
+
+def _check_backend(backend: str, ray_address: str | None) -> None:
+    """Refuse an unknown backend, or Ray options without Ray, before any work."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r} is unknown; use one of: {', '.join(BACKENDS)}")
+    if ray_address is not None and backend != "ray":
+        raise ConfigError("--ray-address needs --backend ray; add it or drop the address")
+    if backend == "ray":
+        import_ray()  # fail in one line before any work when ray is missing
+
+
+def _announce(reporter: Reporter, cfg: Config, where: str, verbose: bool) -> None:
+    """The run's first console lines: where it writes, and the config (one line or YAML)."""
+    reporter.console.print(f"[bold]poisonprobe run[/] → {where}")
+    summary = cfg.to_yaml().rstrip() if verbose else cfg.summary()
+    reporter.console.print(summary, markup=False, highlight=False, soft_wrap=not verbose)
 
 
 def check_no_conflicts(store: ResultsStore, planned: list[dict[str, Any]], add: bool) -> None:

@@ -249,9 +249,7 @@ def _pretrain(
             arch, cfg.method, epoch + 1, cfg.epochs, mean_loss, time.perf_counter() - t0,
         )  # fmt: skip
     ext = model.extractor.to(memory_format=torch.contiguous_format).eval()
-    for p in ext.parameters():
-        p.requires_grad_(False)
-    return ext
+    return ext.requires_grad_(False)  # frozen
 
 
 # --------------------------------------------------------------------------- cache

@@ -121,6 +121,7 @@ def kronecker_basis(
     return qa.float(), qc.T.float().contiguous(), eigvals.rsqrt().float()
 
 
+# long: one L-BFGS loop whose state (iterate, history, norms) moves together; #20 edits it
 def lbfgs_float32(
     z: torch.Tensor,
     y: torch.Tensor,

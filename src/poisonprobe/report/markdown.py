@@ -193,6 +193,7 @@ def convergence_section(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+# long: the report's sections in reading order; each is a few lines of markdown
 def write_report(out_dir: str | Path) -> Path:
     """Write ``out_dir/report.md`` from ``out_dir/results.csv``; returns its path."""
     out_dir = Path(out_dir)

@@ -84,6 +84,24 @@ def run_unit(
     return sink.rows
 
 
+def _pending_units(
+    cfg: Config, preps: list, defenses: list, store: ResultsStore, reporter: Reporter, device: Any
+) -> list[tuple]:
+    """The (setting, extractor, split seed, seed) units with cells left to compute, each with
+    the cells already done and its cell count; finished units only advance the progress."""
+    units = []
+    for prep in preps:
+        si, ei = cfg.settings.index(prep.setting), cfg.extractors.index(prep.ext_cfg)
+        for seed in cfg.seeds:
+            cells = [c["cell_id"] for c in unit_cells(prep, cfg, seed, defenses, device)]
+            done = {c for c in cells if store.has(c)}
+            if len(done) == len(cells):
+                reporter.advance(len(cells))  # resume: nothing left in this unit
+            else:
+                units.append((si, ei, prep.split_seed, seed, done, len(cells)))
+    return units
+
+
 def run_ray(
     cfg: Config,
     preps: list,
@@ -101,16 +119,7 @@ def run_ray(
     instance with every CPU (and shuts down only what it started).
     """
     ray = import_ray()
-    units = []
-    for prep in preps:
-        si, ei = cfg.settings.index(prep.setting), cfg.extractors.index(prep.ext_cfg)
-        for seed in cfg.seeds:
-            cells = [c["cell_id"] for c in unit_cells(prep, cfg, seed, defenses, device)]
-            done = {c for c in cells if store.has(c)}
-            if len(done) == len(cells):
-                reporter.advance(len(cells))  # resume: nothing left in this unit
-            else:
-                units.append((si, ei, prep.split_seed, seed, done, len(cells)))
+    units = _pending_units(cfg, preps, defenses, store, reporter, device)
     if not units:
         return
     started = _init_ray(ray, address)
