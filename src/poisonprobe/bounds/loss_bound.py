@@ -157,6 +157,18 @@ def minimax(
         return _loop(zd, yl, n_classes, weight_decay, n_poison, fs, head0, steps, lr, tau0, base)
 
 
+def _clean_ce(
+    zd: torch.Tensor, yl: torch.Tensor, w: torch.Tensor, b: torch.Tensor, k: int
+) -> torch.Tensor:
+    """Mean clean CE in row chunks (one at K = 10): no (N, K) logits at K = 1000."""
+    n = zd.shape[0]
+    total = torch.zeros((), dtype=torch.float64, device=zd.device)
+    for rows in row_chunks(n, k):
+        logits = zd[rows].double() @ w.T + b
+        total = total + F.cross_entropy(logits, yl[rows], reduction="sum")
+    return total / n
+
+
 def _loop(zd, yl, k, wd, n_poison, fs, head0, steps, lr, tau0, base) -> MinimaxResult:
     n = zd.shape[0]
     share = n_poison / n
@@ -172,12 +184,7 @@ def _loop(zd, yl, k, wd, n_poison, fs, head0, steps, lr, tau0, base) -> MinimaxR
         return u + reg * float((w**2).sum()), ys[kept], js[kept], margins[kept], points
 
     def clean_ce(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Mean clean CE in row chunks (one at K = 10): no (N, K) logits at K = 1000."""
-        total = torch.zeros((), dtype=torch.float64, device=zd.device)
-        for rows in row_chunks(n, k):
-            logits = zd[rows].double() @ w.T + b
-            total = total + F.cross_entropy(logits, yl[rows], reduction="sum")
-        return total / n
+        return _clean_ce(zd, yl, w, b, k)
 
     best_u, best_head, best_alpha = math.inf, None, 1.0
     with torch.no_grad():
