@@ -45,15 +45,9 @@ def main(out_dir: Path = PRETRAINED_DIR) -> None:
                 torch.manual_seed(0)  # as runner.run does before any extractor
                 ext, _, _ = get_or_pretrain(
                     source.train,
-                    arch=ext_cfg.arch,
-                    method=ext_cfg.method,
-                    epochs=ext_cfg.epochs,
-                    seed=ext_cfg.seed,
-                    batch_size=ext_cfg.batch_size,
-                    lr=ext_cfg.lr,
+                    **ext_cfg.pretrain_args(),
                     device="cpu",
                     cache_dir=cache,
-                    amp=ext_cfg.amp,
                     shipped=False,
                 )
                 recipe = PretrainConfig(

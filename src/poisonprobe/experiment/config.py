@@ -197,6 +197,19 @@ class ExtractorConfig(Strict):
             )
         return v
 
+    def pretrain_args(self) -> dict[str, Any]:
+        """``get_or_pretrain``'s recipe arguments for this extractor: one place, so the runner
+        and ``tools/build_pretrained.py`` (the shipped weights) pre-train the same thing."""
+        return {
+            "arch": self.arch,
+            "method": self.method,
+            "epochs": self.epochs,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "amp": self.amp,
+        }
+
     @property
     def is_zoo(self) -> bool:
         from ..extractors.zoo import is_zoo_arch

@@ -102,15 +102,9 @@ def obtain_extractor(
         check_image_size(build_extractor(ext_cfg.arch, source.domain))  # before pre-training
         ext, path, hit = get_or_pretrain(
             source.train,
-            arch=ext_cfg.arch,
-            method=ext_cfg.method,
-            epochs=ext_cfg.epochs,
-            seed=ext_cfg.seed,
-            batch_size=ext_cfg.batch_size,
-            lr=ext_cfg.lr,
+            **ext_cfg.pretrain_args(),
             device=device,
             progress=reporter.track,
-            amp=ext_cfg.amp,
             shipped=not ext_cfg.pretrain,
         )
     seconds = {"pretrain": time.perf_counter() - t0}
