@@ -38,7 +38,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..head.config import VictimConfig
 from ..head.curvature import HeadCurvature, exact_is_cheap
-from ..head.objective import LinearHead, gradient_sums, row_chunks
+from ..head.objective import LinearHead, gradient_sums, row_chunks, with_bias_column
 from ..head.solvers import newton_solve
 from ..threads import single_thread_if_small
 from ._feasible import check_defense_kind, defense_feasible_set
@@ -89,9 +89,9 @@ class FollowerProblem:
             d = self.z_fol.shape[1]
             self.gram = torch.zeros(d + 1, d + 1, dtype=torch.float64, device=self.z_fol.device)
             for rows in row_chunks(self.z_fol.shape[0], d):
-                zc = _with_ones(self.z_fol[rows].to(torch.float64))
+                zc = with_bias_column(self.z_fol[rows].to(torch.float64))
                 self.gram.addmm_(zc.T, zc)
-        zp = _with_ones(z_p.detach().to(self.gram.device, torch.float64))
+        zp = with_bias_column(z_p.detach().to(self.gram.device, torch.float64))
         n = self.z_fol.shape[0] + zp.shape[0]
         self._eig = torch.linalg.eigh((self.gram + zp.T @ zp) / n)
         self._eig_key = z_p
@@ -107,10 +107,6 @@ def _same_tensor(held: torch.Tensor | None, z: torch.Tensor) -> bool:
         and held.shape == z.shape
         and held._version == z._version
     )
-
-
-def _with_ones(z: torch.Tensor) -> torch.Tensor:
-    return torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)], 1)
 
 
 LEADER_LOSSES = ("ce", "prob", "margin")
@@ -211,7 +207,7 @@ def total_gradient_surrogate(
 
 def follower_lipschitz(z: torch.Tensor, weight_decay: float) -> float:
     """Upper bound on ``F``'s curvature: ½·λmax(Z̃ᵀZ̃/n) + wd (softmax Hessian ≤ ½)."""
-    zt = torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)], 1)
+    zt = with_bias_column(z)
     lam = torch.linalg.eigvalsh(zt.T @ zt / z.shape[0])[-1]
     return 0.5 * float(lam) + weight_decay
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from .objective import LinearHead, row_chunks, row_softmax
+from .objective import LinearHead, row_chunks, row_softmax, with_bias_column
 
 
 def exact_is_cheap(n: int, k: int, d: int, device_type: str = "cpu") -> bool:
@@ -90,7 +90,7 @@ class HeadCurvature:
     def matrix(self) -> torch.Tensor:
         """The explicit Hessian (kd+k)², built class-row by class-row (memory O(n·k·d))."""
         k, d, n = self.k, self.d, self.n
-        zt = torch.cat([self.z, torch.ones(n, 1, dtype=self.z.dtype, device=self.z.device)], 1)
+        zt = with_bias_column(self.z)
         full = torch.empty(k, d + 1, k, d + 1, dtype=self.z.dtype, device=self.z.device)
         for a in range(k):  # blocks b ≥ a only: H is symmetric (half the flops)
             coef = -self.p[:, a : a + 1] * self.p[:, a:]  # A_i[a, b] = p_a (δ_ab − p_b)

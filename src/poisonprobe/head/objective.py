@@ -65,6 +65,11 @@ def row_chunks(n: int, k: int) -> list[slice]:
     return [slice(i, min(n, i + rows)) for i in range(0, n, rows)]
 
 
+def with_bias_column(z: torch.Tensor) -> torch.Tensor:
+    """``[z, 1]``: the features with the bias as a constant last feature (``Z̃``)."""
+    return torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device)], 1)
+
+
 def row_softmax(logits: torch.Tensor, log: bool = False) -> torch.Tensor:
     """(Log-)softmax over the classes of (n, k) logits, run along contiguous memory on the CPU:
     PyTorch's CPU kernel over a short last dimension (k = 10) is 4-8x slower than over the
