@@ -301,10 +301,11 @@ def _check_stop_rule(
 def _param_types(fn: Callable, params: dict[str, inspect.Parameter]) -> dict[str, Any]:
     """The parameters' annotations as types (those that resolve in the attack's module).
 
-    Read from the signature, not ``typing.get_type_hints``: registration wrappers carry the
-    real parameters only in ``__signature__`` (string annotations, ``from __future__``).
+    Read from the signature (string annotations, ``from __future__``), resolved in the module
+    of the function, or of the ``__call__`` of a callable attack object (the FT variants).
     """
-    namespace = getattr(inspect.unwrap(fn), "__globals__", {})
+    fn = inspect.unwrap(fn)
+    namespace = getattr(fn, "__globals__", None) or getattr(type(fn).__call__, "__globals__", {})
     hints: dict[str, Any] = {}
     for key, param in params.items():
         hint = param.annotation
