@@ -81,3 +81,33 @@ def test_image_attack_on_embeddings_refused():
         poisonprobe.attack("gc-input", train=(z, y), eps=0.1)
     with pytest.raises(ConfigError, match="no parameter 'stepz'"):
         poisonprobe.attack("ft-ideal", train=(z, y), eps=0.1, stepz=3)
+
+
+def test_poison_set_needs_its_kind_stated_and_matching_fields():
+    """No inference from which fields are set: the attack says how its poisons go in."""
+    from poisonprobe.attacks import PoisonKind, PoisonSet
+
+    y, x, z, idx = (
+        torch.zeros(2, dtype=torch.long),
+        torch.zeros(2, 1, 2, 2),
+        torch.zeros(2, 3),
+        torch.arange(2),
+    )
+    with pytest.raises(TypeError):
+        PoisonSet(y=y, x=x)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="PoisonKind"):
+        PoisonSet(kind="injected images", y=y, x=x)  # type: ignore[arg-type]
+    assert PoisonSet(kind=PoisonKind.IMAGES, y=y, x=x).kind is PoisonKind.IMAGES
+    assert PoisonSet(kind=PoisonKind.FEATURES, y=y, z=z).kind is PoisonKind.FEATURES
+    ok = PoisonSet(kind=PoisonKind.REPLACEMENTS, y=y, x=x, replace_idx=idx)
+    assert ok.kind is PoisonKind.REPLACEMENTS
+    wrong = [
+        dict(kind=PoisonKind.IMAGES, z=z),
+        dict(kind=PoisonKind.IMAGES, x=x, replace_idx=idx),
+        dict(kind=PoisonKind.FEATURES, x=x),
+        dict(kind=PoisonKind.REPLACEMENTS, x=x),
+        dict(kind=PoisonKind.REPLACEMENTS, z=z, replace_idx=idx),
+    ]
+    for fields in wrong:
+        with pytest.raises(ValueError, match="wrong fields"):
+            PoisonSet(y=y, **fields)

@@ -199,22 +199,22 @@ class PoisonKind(str, Enum):
     REPLACEMENTS = "replacements"  # x replaces the clean points replace_idx (perturbations)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PoisonSet:
     """The attack's output.
 
+    - ``kind``: a ``PoisonKind``, how the runner puts the poisons in (stated by the attack,
+      checked against the fields below);
     - ``x``: poisoned images (n_p, C, H, W), or ``None`` for pure feature-space poisons;
     - ``z``: features to inject directly (feature-space upper bounds);
     - ``replace_idx``: for perturbation attacks (EMN), the indices of clean training
       points that these poisons *replace* instead of being added;
     - ``base_idx``: clean points the poisons started from (for image grids);
     - ``info``: extra result columns (``target_head_acc``, ``gc_objective``, ``eps_needed``...);
-    - ``stage_seconds``: wall time per stage;
-    - ``kind``: a ``PoisonKind``; when not given it follows from the fields (``replace_idx``:
-      replacements, else ``z``: injected features, else injected images) and is checked
-      against them when given.
+    - ``stage_seconds``: wall time per stage.
     """
 
+    kind: PoisonKind
     y: torch.Tensor
     x: torch.Tensor | None = None
     z: torch.Tensor | None = None
@@ -222,19 +222,10 @@ class PoisonSet:
     base_idx: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    kind: PoisonKind | None = None
 
     def __post_init__(self) -> None:
-        if self.x is None and self.z is None:
-            raise ValueError("PoisonSet needs images x or features z")
-        if self.kind is None:
-            self.kind = (
-                PoisonKind.REPLACEMENTS
-                if self.replace_idx is not None
-                else PoisonKind.FEATURES
-                if self.z is not None
-                else PoisonKind.IMAGES
-            )
+        if not isinstance(self.kind, PoisonKind):
+            raise TypeError(f"PoisonSet.kind={self.kind!r} must be a PoisonKind")
         needs = {
             PoisonKind.IMAGES: self.x is not None and self.z is None and self.replace_idx is None,
             PoisonKind.FEATURES: self.z is not None and self.replace_idx is None,
@@ -242,7 +233,7 @@ class PoisonSet:
             and self.z is None
             and self.replace_idx is not None,
         }
-        if not needs[PoisonKind(self.kind)]:
+        if not needs[self.kind]:
             raise ValueError(f"PoisonSet of kind {self.kind.value!r} has the wrong fields set")
         n = int(self.y.shape[0])
         for name in ("x", "z", "replace_idx", "base_idx"):
