@@ -93,7 +93,8 @@ def identity_progress(items: Iterable[T], description: str = "", total: int | No
 class AttackContext:
     """Everything an attack may use. The test split is deliberately absent."""
 
-    extractor: nn.Module  # frozen, eval mode; maps images in the box to features
+    extractor: nn.Module | None  # frozen, eval mode; maps images in the box to features
+    # (None only for feature-space attacks on precomputed z_train, see ``build``)
     train: ImageDataset  # the clean downstream training set D_c
     z_train: torch.Tensor  # cached features of D_c (float32, on ``device``)
     clean_head: LinearHead  # the victim's head trained on D_c
@@ -109,7 +110,7 @@ class AttackContext:
     def __post_init__(self) -> None:
         # BatchNorm/Dropout in train mode would make an attack see other features than the
         # victim's cache holds (and change running statistics): attacks see the eval network
-        if self.extractor is not None:  # feature-only tests may pass none
+        if self.extractor is not None:
             self.extractor.eval()
 
     @property
@@ -144,7 +145,7 @@ class AttackContext:
     @classmethod
     def build(
         cls,
-        extractor: nn.Module,
+        extractor: nn.Module | None,
         train: ImageDataset,
         eps: float,
         regime: str = "box",
@@ -163,12 +164,19 @@ class AttackContext:
         Encodes ``train`` and fits the clean head unless given (``z_train``, ``clean_head``).
         ``victim`` is the recipe the victim fits with; attacks plan against it on the
         poisoned set's size, with the ``C`` that ``lbfgs-cv`` picks on the clean data.
+        ``extractor=None`` with precomputed ``z_train``: a context for feature-space attacks
+        that never look at images (``train`` then only supplies labels and classes).
         """
         from ..extractors.cache import encode_batched
 
         device = torch.device(device)
         victim = victim or VictimConfig()
         if z_train is None:
+            if extractor is None:
+                raise ConfigError(
+                    "AttackContext.build without an extractor needs z_train (the features of "
+                    "train); pass one of them"
+                )
             z_train = encode_batched(extractor, train.x, batch_size, progress)
         z_train = z_train.to(device)
         y = train.y.to(device)
