@@ -748,29 +748,17 @@ def _check_ft(params: dict[str, Any]) -> None:
     check_source(params["source"])
 
 
-ft_ideal = register_attack(
-    "ft-ideal",
-    regimes=("feature",),
-    description="FT attack: unconstrained poisoned features ζ",
-    validate=_check_ft,
-)(FeatureTargeted("ideal"))
-ft_feasible = register_attack(
-    "ft-feasible",
-    regimes=("feature",),
-    description="FT attack: ζ inside the feasible feature box",
-    validate=_check_ft,
-)(FeatureTargeted("feasible"))
-ft_decoder = register_attack(
-    "ft-decoder",
-    regimes=("box",),
-    description="FT attack: feasible ζ inverted by a decoder",
-    validate=_check_ft,
-)(FeatureTargeted("decoder"))
-ft_match = register_attack(
-    "ft-match",
-    regimes=("box",),
-    description="FT attack: feasible ζ inverted by feature matching",
-    validate=_check_ft,
-)(FeatureTargeted("match"))
+FT_ATTACKS = (
+    ("ft-ideal", ("feature",), "FT attack: unconstrained poisoned features ζ"),
+    ("ft-feasible", ("feature",), "FT attack: ζ inside the feasible feature box"),
+    ("ft-decoder", ("box",), "FT attack: feasible ζ inverted by a decoder"),
+    ("ft-match", ("box",), "FT attack: feasible ζ inverted by feature matching"),
+)
+"""The registered FT attacks: ``ft-VARIANT``, its regimes and its description."""
 
-_FT_NAMES = ("ft-ideal", "ft-feasible", "ft-decoder", "ft-match")
+for _name, _regimes, _description in FT_ATTACKS:
+    register_attack(_name, regimes=_regimes, description=_description, validate=_check_ft)(
+        FeatureTargeted(_name.removeprefix("ft-"))
+    )
+
+_FT_NAMES = tuple(name for name, _, _ in FT_ATTACKS)
