@@ -33,7 +33,7 @@ from ..report.plots import (
 )
 from .backends.local import run_local
 from .backends.ray import import_ray, run_ray
-from .cell import attack_regimes, unit_cells
+from .cell import RunScope, attack_regimes, unit_cells
 from .certify import dpa_rows
 from .config import Config, ExtractorConfig, SettingConfig, load_config
 from .plan import check_same_experiment, config_id
@@ -130,9 +130,8 @@ def _run(
             preps = [prepared(*unit) for unit in units]
             run_ray(cfg, preps, defenses, store, reporter, out_dir, device, run_id, ray_address)
         else:
-            run_local(
-                cfg, units, prepared, defenses, vcfg, store, reporter, device, out_dir, run_id
-            )
+            scope = RunScope(cfg, defenses, vcfg, store, reporter, device, out_dir, run_id)
+            run_local(scope, units, prepared)
     finish_report(out_dir)
     return store.frame()
 
