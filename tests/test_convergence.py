@@ -12,7 +12,7 @@ from conftest import tiny_setup
 
 from poisonprobe.attacks import AttackContext, get_attack
 from poisonprobe.attacks._feasible import defense_feasible_set
-from poisonprobe.attacks._optim import Plateau, StopRule, stop_rule
+from poisonprobe.attacks._optim import Plateau, StopRule, check_growth, stop_rule
 from poisonprobe.defenses import DefenseInput, apply_defense, parse_defense
 from poisonprobe.errors import ConfigError
 from poisonprobe.experiment.config import parse_config
@@ -29,8 +29,11 @@ def _one_thread():
 # ------------------------------------------------------------------------------ the rule
 
 
-def _ascend(rule: StopRule, lr: float, optimum: float = 3.0) -> tuple[Plateau, float]:
-    """Gradient ascent on f(x) = −(x − optimum)² with the plateau rule and restarts."""
+def _ascend(
+    rule: StopRule, lr: float, optimum: float = 3.0, growth: float = 1.0
+) -> tuple[Plateau, float]:
+    """Gradient ascent on f(x) = −(x − optimum)² with the plateau rule, restarts and (with
+    ``growth`` > 1) a step that grows after ``patience`` new bests in a row."""
     plateau = Plateau(rule, maximize=True)
     x, best_x = 0.0, 0.0
     for _ in range(rule.max_steps):
@@ -42,6 +45,8 @@ def _ascend(rule: StopRule, lr: float, optimum: float = 3.0) -> tuple[Plateau, f
         if plateau.restart_due():
             x, lr = best_x, lr * 0.5
             continue
+        if growth > 1 and plateau.grow_due():
+            lr *= growth
         x += lr * (-2.0 * (x - optimum))
     return plateau, best_x
 
@@ -61,6 +66,27 @@ def test_plateau_restarts_rescue_an_overshooting_step():
     assert x == pytest.approx(3.0, abs=1e-2)
     stuck, _ = _ascend(StopRule(tol=1e-6, window=8, max_steps=2000, patience=0), lr=1.5)
     assert stuck.restarts == 0 and stuck.best < plateau.best  # never improved on the start
+
+
+def test_a_growing_step_reaches_the_optimum_a_timid_one_does_not():
+    """lr = 1e-4: a constant step moves 0.06 % of the way per step and stops far from the
+    optimum, on the cap; growing the step after every 3 new bests in a row reaches it long
+    before the cap."""
+    rule = StopRule(tol=1e-6, window=5, max_steps=400, patience=3)
+    timid, x_timid = _ascend(rule, lr=1e-4)
+    bold, x_bold = _ascend(rule, lr=1e-4, growth=2.0)
+    assert abs(x_timid - 3.0) > 1.0
+    assert bold.converged and x_bold == pytest.approx(3.0, abs=1e-2)
+    assert not timid.converged and timid.reason == "max_steps"
+    assert bold.grows >= 5 and bold.steps < 100
+    assert bold.summary()["grows"] == bold.grows
+
+
+@pytest.mark.parametrize("factor", [0.5, math.inf, 11.0, "2", True])
+def test_bad_lr_growth_is_one_line(factor):
+    with pytest.raises(ConfigError) as info:
+        check_growth(factor, "tgda")
+    assert "lr_growth=" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_converged_is_false_when_the_cap_bites():

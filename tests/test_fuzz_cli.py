@@ -865,6 +865,12 @@ def _cases() -> list[Case]:
         lambda d: run_cfg(d, {"attacks": [{"name": "tgda", "tol": 0.0}]}),
     )
     add(
+        "tgda step growth below one",
+        "`attacks: [{name: tgda, lr_growth: 0.5}]`",
+        "lr_growth=0.5",
+        lambda d: run_cfg(d, {"attacks": [{"name": "tgda", "lr_growth": 0.5}]}),
+    )
+    add(
         "plateau step cap below one",
         "`attacks: [{name: tgda-feature, max_steps: 0}]`",
         "max_steps=0",
@@ -1449,6 +1455,12 @@ def _cases() -> list[Case]:
         lambda d: ["run", "a.yaml", "b.yaml"],
     )
     add("option without value", "`poisonprobe run --out`", "--out", lambda d: ["run", "--out"])
+    add(
+        "worker count not a positive integer",
+        "`poisonprobe run --workers 0`",
+        "workers=0",
+        lambda d: ["run", "--workers", "0", "--out", str(d / "out"), "-q"],
+    )
     add(
         "--out is a file",
         "`poisonprobe run -q --out afile` where `afile` is a file",

@@ -48,6 +48,13 @@ def run(
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="an existing Ray cluster (default: start a local one)"
     ),
+    workers: str = typer.Option(
+        "auto",
+        "--workers",
+        "-j",
+        help="local backend: worker processes for the setting/extractor/seed units "
+        "(auto: one per unit up to the CPU count; 1: this process only)",
+    ),
     add: bool = typer.Option(
         False, "--add", help="OUT holds another config's results: add this one's beside them"
     ),
@@ -76,6 +83,7 @@ def run(
         ray_address=ray_address,
         add=add,
         verbose=verbose,
+        workers=workers,
     )
     if not quiet:
         for title, table in drop_tables(df):

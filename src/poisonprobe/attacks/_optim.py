@@ -8,7 +8,10 @@ stops when the best value improved by less than ``tol`` (relative) over the last
 steps; ``max_steps`` is only a safety cap, and hitting it is reported (``converged=False``).
 When the objective has not set a new best for ``patience`` steps the optimiser should go back
 to its best iterate with a smaller step (``restart_due``): with a constant step size that is
-what lets a plateau be a real optimum rather than an oscillation.
+what lets a plateau be a real optimum rather than an oscillation. The converse
+(``grow_due``): after ``window`` new bests in a row the step is too timid (the objective
+rises steadily, as tgda's unconstrained images do for hundreds of constant steps), so the
+optimiser may grow it; together the two make a "bold driver" step size that needs no tuning.
 """
 
 from __future__ import annotations
@@ -53,6 +56,15 @@ def stop_rule(who: str, tol: float, window: int, max_steps: int, patience: int =
     return StopRule(tol=tol, window=window, max_steps=max_steps, patience=patience).check(who)
 
 
+def check_growth(factor: float, who: str) -> float:
+    """``lr_growth``: a number >= 1 (1 keeps the step constant between restarts)."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        raise ConfigError(f"{who} lr_growth={factor!r} must be a number >= 1, e.g. 1.5")
+    if not (math.isfinite(factor) and 1 <= factor <= 10):
+        raise ConfigError(f"{who} lr_growth={factor} must be in [1, 10] (1: constant step)")
+    return float(factor)
+
+
 @dataclass
 class Plateau:
     """Tracks one objective along the steps of an attack; see the module docstring.
@@ -69,9 +81,11 @@ class Plateau:
     best: float = math.nan
     best_step: int = -1
     restarts: int = 0
+    grows: int = 0
     converged: bool = False
     reason: str = ""
     _stall: int = 0
+    _streak: int = 0  # new bests in a row
 
     def _gain(self, new: float, old: float) -> float:
         return new - old if self.maximize else old - new
@@ -85,8 +99,9 @@ class Plateau:
         )
         if improved:
             self.best, self.best_step, self._stall = value, len(self.trace) - 1, 0
+            self._streak += 1
         else:
-            self._stall += 1
+            self._stall, self._streak = self._stall + 1, 0
         self.best_trace.append(self.best)
         return improved
 
@@ -130,6 +145,15 @@ class Plateau:
             return True
         return False
 
+    def grow_due(self) -> bool:
+        """True (once per streak) after ``window`` new bests in a row: a whole window of steady
+        rise, so the step may grow (a shorter streak grows it into overshooting too soon)."""
+        if self._streak >= self.rule.window:
+            self._streak = 0
+            self.grows += 1
+            return True
+        return False
+
     def summary(self, keep: int = 200) -> dict[str, Any]:
         """The result columns plus the objective trace (thinned to at most ``keep`` points)."""
         stride = max(1, math.ceil(len(self.trace) / keep))
@@ -138,6 +162,7 @@ class Plateau:
             "attack_steps": self.steps,
             "converged": self.converged,
             "restarts": self.restarts,
+            "grows": self.grows,
             "stop_reason": self.reason,
             "objective_trace": [round(v, 8) for v in self.trace[::stride]],
             "objective_trace_stride": stride,

@@ -134,6 +134,11 @@ class PixelOptimizer:
         self.x = self.ctx.threat.project_(x, self.start)
         return self.x
 
+    def grow(self, factor: float) -> None:
+        """Step size times ``factor`` (> 1) and the Adam moments kept: the objective has been
+        rising at every step, so the current direction is trusted and only the step was small."""
+        self.scale *= factor
+
     def restart(self, x: torch.Tensor, factor: float = 0.5) -> None:
         """Go back to images ``x`` (an iterate this optimiser returned) with the step size
         times ``factor`` and fresh Adam moments: the remedy when steps keep overshooting."""

@@ -42,7 +42,7 @@ from ..head.objective import LinearHead, gradient_sums, row_chunks, with_bias_co
 from ..head.solvers import newton_solve
 from ..threads import single_thread_if_small
 from ._feasible import check_defense_kind, defense_feasible_set
-from ._optim import Plateau, stop_rule
+from ._optim import Plateau, check_growth, stop_rule
 from .base import AttackContext, PoisonKind, PoisonSet, register_attack
 from .common import PixelOptimizer, feature_loss_and_grad, init_poisons
 
@@ -342,17 +342,19 @@ class PoisonGenerator(nn.Module):
 
 def _validate_images(p: dict) -> None:
     check_defense_kind(p["defense"], p["defense_fraction"], "tgda")
+    check_growth(p["lr_growth"], "tgda")
 
 
 # long: the lead is reworking this loop for speed in parallel; split it after that lands
 @register_attack("tgda", regimes=("unconstrained", "box"), validate=_validate_images)
 def tgda(
     ctx: AttackContext,
-    max_steps: int = 200,
+    max_steps: int = 600,
     tol: float = 5e-3,
     window: int = 15,
     patience: int = 4,
     lr: float | None = None,
+    lr_growth: float = 1.0,
     optimizer: str = "adam",
     follower: str = "exact",
     follower_steps: int = 20,
@@ -386,6 +388,7 @@ def tgda(
     """
     _check_common(follower, follower_steps)
     rule = stop_rule("tgda", tol, window, max_steps, patience)
+    check_growth(lr_growth, "tgda")
     if leader not in ("images", "generator"):
         raise ConfigError(f"tgda leader={leader!r} is unknown; use 'images' or 'generator'")
     check_defense_kind(defense, defense_fraction, "tgda")
@@ -454,6 +457,8 @@ def tgda(
                 opt.restart(best_x)
                 x = opt.x
                 continue
+            if lr_growth > 1 and plateau.grow_due():  # rising at every step: a bolder step
+                opt.grow(lr_growth)
             x = opt.step(gx.neg_())  # descent on -d𝓛/dx; gx is not used again
         else:  # chain the total gradient through the generator: dL/dφ = (dx/dφ)ᵀ dL/dx
             if plateau.restart_due():

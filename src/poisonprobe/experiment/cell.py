@@ -1,6 +1,6 @@
 """The cells of one (setting, split, extractor, seed) unit: the clean rows, then for each
 attack cell the attack once, the injected training set, every defence and the victim's
-retrain, and the figures. Both backends (local and Ray) call ``RunScope.run_unit``."""
+retrain, and the figures. Every backend (local, processes, Ray) calls ``RunScope.run_unit``."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def victim_start(vcfg: VictimConfig, clean_head: LinearHead) -> dict[str, Any]:
 
 
 class RowSink(Protocol):
-    """Where ``RunScope.run_unit`` puts rows: the ResultsStore, or a Ray worker's collector."""
+    """Where ``RunScope.run_unit`` puts rows: the ResultsStore, or a worker's collector."""
 
     def has(self, cell: str) -> bool: ...
 

@@ -32,6 +32,7 @@ from ..report.plots import (
     plot_objective_traces,
 )
 from .backends.local import run_local
+from .backends.processes import check_workers, resolve_workers, run_processes
 from .backends.ray import import_ray, run_ray
 from .cell import RunScope, attack_regimes, unit_cells
 from .certify import dpa_rows
@@ -61,6 +62,7 @@ def run(
     ray_address: str | None = None,
     add: bool = False,
     verbose: bool = False,
+    workers: int | str = "auto",
 ) -> pd.DataFrame:
     """Run an experiment and return its results (also written to ``out/results.csv``).
 
@@ -69,13 +71,16 @@ def run(
     adds this config's cells beside the old ones, each row keyed by its own ``cell_id``.
     ``backend="ray"`` runs each (setting, extractor, seed) as a Ray task (a local Ray
     instance, or the cluster at ``ray_address``); the rows are the same as ``"local"``.
+    ``workers`` (local backend): worker processes for the (setting, extractor, seed) units;
+    ``auto`` = one per unit up to the CPU count on the CPU for units of >= 16 rows, else 1
+    (this process; always on a GPU).
     The console shows the config as one line (``verbose``: the full YAML, which is always
     in ``out/config.yaml``). A run that fails before writing a result leaves no new folder.
     """
     cfg = load_config(config)
     out_dir = Path(out) if out is not None else default_out(config)
     with discard_if_failed(out_dir):
-        return _run(cfg, out_dir, quiet, backend, ray_address, add, verbose)
+        return _run(cfg, out_dir, quiet, backend, ray_address, add, verbose, workers)
 
 
 def _run(
@@ -86,21 +91,14 @@ def _run(
     ray_address: str | None,
     add: bool,
     verbose: bool,
+    workers: int | str = "auto",
 ) -> pd.DataFrame:
     cfg = load_config(config)
-    _check_backend(backend, ray_address)
+    _check_backend(backend, ray_address, workers)
     reporter = Reporter(quiet=quiet)
     device = resolve_device(cfg.device)
     out_dir = Path(out) if out is not None else default_out(config)
-    config_path = out_dir / "config.yaml"
-    old_config = config_path.read_text() if config_path.is_file() else None
-    check_same_experiment(old_config, cfg, add)
-    store = ResultsStore(out_dir / "results.csv", on_append=reporter.cell_done)
-    run_id = config_id(cfg)
-    if old_config is None:
-        atomic_write_text(config_path, cfg.to_yaml())
-    elif add:
-        atomic_write_text(out_dir / f"config-{run_id}.yaml", cfg.to_yaml())
+    store, run_id = _open_folder(cfg, out_dir, add, reporter)
     if not quiet:
         _announce(reporter, cfg, f"{out_dir}  (device {device}, backend {backend})", verbose)
     log.info("config:\n%s", cfg.to_yaml())
@@ -123,17 +121,40 @@ def _run(
         return prep
 
     units = _units(cfg)
+    n_workers = resolve_workers(workers, len(units) * len(cfg.seeds), cells, device)
+    manifest["workers"] = n_workers if backend == "local" else backend
     with reporter.session(total=cells, description="poisonprobe"):
-        if backend == "ray":
+        if backend == "ray" or n_workers > 1:
             # the driver prepares each (setting, split, extractor) first: pre-training and
             # features land in the shared cache once, and workers only load them
             preps = [prepared(*unit) for unit in units]
-            run_ray(cfg, preps, defenses, store, reporter, out_dir, device, run_id, ray_address)
+            where = (store, reporter, out_dir, device, run_id)
+            if backend == "ray":
+                run_ray(cfg, preps, defenses, *where, ray_address)
+            else:
+                run_processes(cfg, preps, defenses, *where, n_workers)
         else:
             scope = RunScope(cfg, defenses, vcfg, store, reporter, device, out_dir, run_id)
             run_local(scope, units, prepared)
     finish_report(out_dir)
     return store.frame()
+
+
+def _open_folder(
+    cfg: Config, out_dir: Path, add: bool, reporter: Reporter
+) -> tuple[ResultsStore, str]:
+    """The results store of ``out_dir``, after refusing another experiment's folder (unless
+    ``add``) and writing this config beside the results."""
+    config_path = out_dir / "config.yaml"
+    old_config = config_path.read_text() if config_path.is_file() else None
+    check_same_experiment(old_config, cfg, add)
+    store = ResultsStore(out_dir / "results.csv", on_append=reporter.cell_done)
+    run_id = config_id(cfg)
+    if old_config is None:
+        atomic_write_text(config_path, cfg.to_yaml())
+    elif add:
+        atomic_write_text(out_dir / f"config-{run_id}.yaml", cfg.to_yaml())
+    return store, run_id
 
 
 def _units(cfg: Config) -> list[tuple[SettingConfig, ExtractorConfig, int]]:
@@ -146,12 +167,16 @@ def _units(cfg: Config) -> list[tuple[SettingConfig, ExtractorConfig, int]]:
     ]
 
 
-def _check_backend(backend: str, ray_address: str | None) -> None:
-    """Refuse an unknown backend, or Ray options without Ray, before any work."""
+def _check_backend(backend: str, ray_address: str | None, workers: int | str = "auto") -> None:
+    """Refuse an unknown backend, Ray options without Ray or a bad worker count, before any
+    work."""
     if backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r} is unknown; use one of: {', '.join(BACKENDS)}")
     if ray_address is not None and backend != "ray":
         raise ConfigError("--ray-address needs --backend ray; add it or drop the address")
+    check_workers(workers)
+    if backend == "ray" and workers != "auto":
+        raise ConfigError("--workers is for the local backend (Ray sizes its tasks); drop it")
     if backend == "ray":
         import_ray()  # fail in one line before any work when ray is missing
 

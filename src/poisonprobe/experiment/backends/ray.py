@@ -1,5 +1,8 @@
 """The Ray backend: one task per (setting, extractor, seed), rows written by the driver.
 
+The worker body and the driver's bookkeeping are ``worker.py``'s (shared with the
+processes backend).
+
 Workers share the extractor and feature caches (``$XDG_CACHE_HOME``) and the output folder
 (poison files, figures) through the file system, so the cluster needs a shared one; a
 local Ray instance always has it. Only the driver touches ``results.csv``: workers return
@@ -15,14 +18,11 @@ from typing import Any
 
 import torch
 
-from ...defenses import parse_defense
 from ...errors import ConfigError, PoisonProbeError
-from ...extractors.cache import FeatureCache
 from ...progress import Reporter
-from ..cell import RunScope, unit_cells
-from ..config import Config, load_config
-from ..prepare import prepare, resolve_device, victim_config
+from ..config import Config
 from ..results import ResultsStore
+from .worker import pending_units, run_unit
 
 log = logging.getLogger("poisonprobe")
 
@@ -37,70 +37,6 @@ def import_ray() -> Any:
     except ImportError:
         raise ConfigError('ray is not installed; pip install "poisonprobe[ray]"') from None
     return ray
-
-
-class RowCollector:
-    """A row sink for a worker: skips the cells the driver already has, keeps the rest."""
-
-    def __init__(self, done: set[str]) -> None:
-        self.done = set(done)
-        self.rows: list[dict[str, Any]] = []
-
-    def has(self, cell: str) -> bool:
-        return cell in self.done
-
-    def append(self, row: dict[str, Any]) -> None:
-        if row["cell_id"] not in self.done:
-            self.done.add(row["cell_id"])
-            self.rows.append(row)
-
-
-def run_unit(
-    cfg_data: dict[str, Any],
-    setting_index: int,
-    ext_index: int,
-    split_seed: int,
-    seed: int,
-    done: set[str],
-    out_dir: str,
-    cwd: str,
-    threads: int,
-    run_id: str,
-) -> list[dict[str, Any]]:
-    """Worker body: prepare (cache hits) and run one seed's cells; return the new rows."""
-    if os.path.isdir(cwd):
-        os.chdir(cwd)  # relative data, checkpoint and output paths mean what they mean locally
-    torch.set_num_threads(threads)
-    cfg = load_config(cfg_data)
-    setting, ext_cfg = cfg.settings[setting_index], cfg.extractors[ext_index]
-    device = resolve_device(cfg.device)
-    reporter = Reporter(quiet=True)
-    torch.manual_seed(0)
-    prep = prepare(setting, ext_cfg, cfg, device, reporter, FeatureCache(), split_seed)
-    sink = RowCollector(done)
-    defenses = [parse_defense(d) for d in cfg.defenses]
-    vcfg = victim_config(cfg)
-    scope = RunScope(cfg, defenses, vcfg, sink, reporter, device, Path(out_dir), run_id)
-    scope.run_unit(prep, seed)
-    return sink.rows
-
-
-def _pending_units(
-    cfg: Config, preps: list, defenses: list, store: ResultsStore, reporter: Reporter, device: Any
-) -> list[tuple]:
-    """The (setting, extractor, split seed, seed) units with cells left to compute, each with
-    the cells already done and its cell count; finished units only advance the progress."""
-    units = []
-    for prep in preps:
-        si, ei = cfg.settings.index(prep.setting), cfg.extractors.index(prep.ext_cfg)
-        for seed in cfg.seeds:
-            cells = [c["cell_id"] for c in unit_cells(prep, cfg, seed, defenses, device)]
-            done = {c for c in cells if store.has(c)}
-            if len(done) == len(cells):
-                reporter.advance(len(cells))  # resume: nothing left in this unit
-            else:
-                units.append((si, ei, prep.split_seed, seed, done, len(cells)))
-    return units
 
 
 def run_ray(
@@ -120,7 +56,7 @@ def run_ray(
     instance with every CPU (and shuts down only what it started).
     """
     ray = import_ray()
-    units = _pending_units(cfg, preps, defenses, store, reporter, device)
+    units = pending_units(cfg, preps, defenses, store, reporter, device)
     if not units:
         return
     started = _init_ray(ray, address)
@@ -135,22 +71,21 @@ def run_ray(
         cfg_data = cfg.model_dump(mode="json")
         where = (str(out_dir.resolve()), os.getcwd(), cpus, run_id)
         for unit in units:
-            si, ei, split_seed, seed, done, _ = unit
-            pending[task.remote(cfg_data, si, ei, split_seed, seed, done, *where)] = unit
+            pending[task.remote(cfg_data, unit, *where)] = unit
         reporter.describe(f"ray: 0/{len(units)} units done")
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            si, ei, _, seed, done, n = pending.pop(ready[0])
+            unit = pending.pop(ready[0])
             for row in _get(ray, ready[0]):
                 store.append(row)
-            reporter.advance(n)
+            reporter.advance(unit.n_cells)
             reporter.describe(f"ray: {len(units) - len(pending)}/{len(units)} units done")
             log.info(
                 "ray unit %s/%s seed %d: %d new rows",
-                cfg.settings[si].name,
-                cfg.extractors[ei].label,
-                seed,
-                n - len(done),
+                cfg.settings[unit.setting_index].name,
+                cfg.extractors[unit.ext_index].label,
+                unit.seed,
+                unit.n_cells - len(unit.done),
             )
     except BaseException:
         for ref in pending:  # a failed unit or Ctrl-C: stop the rest (resume picks them up)

@@ -1,0 +1,106 @@
+"""The processes backend: units run in parallel worker processes on this machine.
+
+The default's small problems run on one thread each (``threads.single_thread_if_small``),
+so one process leaves the other cores idle; a worker per (setting, extractor, seed) unit,
+each with ``cores // workers`` threads, uses them. Workers send each row through a queue as
+its cell finishes and only the driver appends to ``results.csv`` (atomic, resumable: an
+interrupted run keeps every row that reached the driver). A worker's error ends the run
+with that error (a ``PoisonProbeError`` stays one line).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+from pathlib import Path
+from typing import Any
+
+from ...errors import ConfigError
+from ...progress import Reporter
+from ..config import Config
+from ..results import ResultsStore
+from .worker import UnitJob, pending_units, run_unit
+
+_rows: Any = None  # the worker process's end of the row queue (set by _init_worker)
+
+
+def check_workers(workers: int | str) -> int | str:
+    """``workers``: a count >= 1 or ``auto``; a one-line error otherwise (before any work)."""
+    if workers == "auto":
+        return workers
+    if isinstance(workers, str) and workers.isdigit():
+        workers = int(workers)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers={workers!r} must be an integer >= 1 or 'auto'")
+    return workers
+
+
+MIN_CELLS_PER_UNIT = 16
+"""``auto`` runs units in parallel only from this many rows per unit: a worker costs a few
+seconds of imports and preparation, which a handful of cells does not pay back."""
+
+
+def resolve_workers(workers: int | str, n_units: int, n_cells: int, device: Any) -> int:
+    """``auto``: one worker per unit up to the CPU count on the CPU; one process on a GPU
+    (the units would share one card), for one unit, or for small units."""
+    if workers != "auto":
+        return int(workers)
+    if str(device).startswith("cuda") or n_units <= 1 or n_cells < MIN_CELLS_PER_UNIT * n_units:
+        return 1
+    return max(1, min(n_units, os.cpu_count() or 1))
+
+
+def _init_worker(rows: Any) -> None:
+    global _rows
+    _rows = rows
+
+
+def _forward(row: dict[str, Any]) -> None:
+    _rows.put(row)
+
+
+def _work(cfg_data: dict[str, Any], job: UnitJob, *where: Any) -> int:
+    """Run one unit in a worker; its rows went through the queue; return how many."""
+    return len(run_unit(cfg_data, job, *where, forward=_forward))
+
+
+def run_processes(
+    cfg: Config,
+    preps: list,
+    defenses: list,
+    store: ResultsStore,
+    reporter: Reporter,
+    out_dir: Path,
+    device: Any,
+    run_id: str,
+    workers: int,
+) -> None:
+    """Run the pending units on ``workers`` spawned processes; append rows as they land."""
+    units = pending_units(cfg, preps, defenses, store, reporter, device)
+    if not units:
+        return
+    for unit in units:
+        reporter.advance(len(unit.done))  # cells resumed from the folder
+    context = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+    rows = context.Queue()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    where = (str(out_dir.resolve()), os.getcwd(), threads, run_id)
+    cfg_data = cfg.model_dump(mode="json")
+    with context.Pool(workers, initializer=_init_worker, initargs=(rows,)) as pool:
+        jobs = [pool.apply_async(_work, (cfg_data, unit, *where)) for unit in units]
+        expected, received = None, 0
+        reporter.describe(f"{len(units)} units on {workers} worker processes")
+        while expected is None or received < expected:
+            try:
+                row = rows.get(timeout=0.2)
+            except queue.Empty:
+                for job in jobs:
+                    if job.ready() and not job.successful():
+                        job.get()  # re-raises the worker's error (the pool then terminates)
+                if all(job.ready() for job in jobs):
+                    expected = sum(job.get() for job in jobs)
+                continue
+            store.append(row)
+            reporter.advance()
+            received += 1

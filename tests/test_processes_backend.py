@@ -1,0 +1,90 @@
+"""The processes backend (``workers``): the same rows as one process, resumable, one-line
+errors, and ``auto`` choosing processes only where they pay."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from conftest import HANG_GUARD_S
+
+from poisonprobe.errors import ConfigError
+from poisonprobe.experiment.backends.processes import (
+    MIN_CELLS_PER_UNIT,
+    check_workers,
+    resolve_workers,
+)
+from poisonprobe.experiment.results import KEY_COLUMNS
+from poisonprobe.experiment.runner import run
+
+TIMING = ["seconds", "attack_seconds", "stages", "shared_seconds"]
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(KEY_COLUMNS).reset_index(drop=True)
+
+
+@pytest.fixture
+def grid(tiny_config) -> dict:
+    """Two units (seeds 0 and 1), each with an iterative attack (gc-input) and a defence."""
+    return dict(
+        tiny_config,
+        seeds=[0, 1],
+        attacks=["label-flip", {"name": "gc-input", "max_steps": 5}],
+        defenses=["none", "sphere"],
+    )
+
+
+def test_worker_processes_write_the_rows_of_one_process_and_resume(tmp_path, grid):
+    one = _sorted(run(grid, out=tmp_path / "one", quiet=True, workers=1))
+    two = _sorted(run(grid, out=tmp_path / "two", quiet=True, workers=2))
+    assert len(one) == len(two) == 2 * 2 * (1 + 1 + 2)  # seeds × defences × rows per eps
+    pd.testing.assert_frame_equal(one.drop(columns=TIMING), two.drop(columns=TIMING))
+    manifest = (tmp_path / "two" / "manifest.json").read_text()
+    assert '"workers": 2' in manifest and (tmp_path / "two" / "report.md").is_file()
+
+    # resume: a partial folder gets exactly the missing rows, none twice
+    csv = tmp_path / "two" / "results.csv"
+    pd.read_csv(csv).iloc[:-3].to_csv(csv, index=False)
+    resumed = _sorted(run(grid, out=tmp_path / "two", quiet=True, workers=2))
+    assert not resumed.duplicated(KEY_COLUMNS).any()
+    pd.testing.assert_frame_equal(one.drop(columns=TIMING), resumed.drop(columns=TIMING))
+
+
+def test_a_worker_error_ends_the_run_with_that_error(tmp_path, grid):
+    """gc-input checks its radius when it runs, i.e. inside the worker (the driver only
+    prepares the units): the worker's one-line error reaches the caller unchanged."""
+    grid["attacks"] = [{"name": "gc-input", "target": "gradpc", "radius": -1.0}]
+    with pytest.raises(ConfigError, match="radius"):
+        run(grid, out=tmp_path / "bad", quiet=True, workers=2)
+
+
+@pytest.mark.parametrize("value", [0, -2, "many", 1.5, True])
+def test_bad_worker_counts_are_one_line(value):
+    with pytest.raises(ConfigError) as info:
+        check_workers(value)
+    assert "workers=" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_auto_uses_processes_only_for_several_large_units_on_the_cpu():
+    big = MIN_CELLS_PER_UNIT * 2
+    assert resolve_workers("auto", 2, big, "cpu") >= 1
+    assert resolve_workers("auto", 1, big, "cpu") == 1  # one unit
+    assert resolve_workers("auto", 2, big - 1, "cpu") == 1  # small units: not worth a spawn
+    assert resolve_workers("auto", 2, big, "cuda") == 1  # the units would share one card
+    assert resolve_workers(3, 1, 1, "cpu") == 3  # an explicit count is obeyed
+
+
+def test_cli_workers_with_ray_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "poisonprobe.cli", "run", "--out", str(tmp_path), "-q"]
+        + ["--backend", "ray", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--workers is for the local backend" in lines[0]
