@@ -51,6 +51,7 @@ def old_drops(readme: Path) -> dict[tuple, float]:
 
 def table(df: pd.DataFrame, old: dict[tuple, float], doubled: pd.DataFrame | None) -> str:
     df = df[(df["attack"] != "none") & (df["defense"] == "none")]
+    df = df.sort_values("setting", kind="stable")  # worker processes interleave the settings
     cols = ["setting", "attack", "regime", "eps", "old drop", "new drop", "steps", "converged"]
     cols += ["attack s"] + (["2× cap drop"] if doubled is not None else [])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -138,3 +138,27 @@ def test_sweep_config_is_the_default_over_three_seeds():
     sweep = load_config(REPO / "configs" / "sweep.yaml")
     assert sweep.seeds == [0, 1, 2]
     assert sweep.model_copy(update={"seeds": [0]}) == Config()
+
+
+def _positive_params() -> list[tuple[str, str, object]]:
+    """(attack, parameter, default) for every numeric parameter with a positive default."""
+    from poisonprobe.attacks import attack_names, get_attack
+
+    out = []
+    for name in attack_names():
+        for key, param in get_attack(name).params().items():
+            value = param.default
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                out.append((name, key, value))
+    return out
+
+
+@pytest.mark.parametrize("attack,key,default", _positive_params())
+def test_a_negative_step_size_count_or_tolerance_is_refused_at_parse_time(attack, key, default):
+    """Every positive-default number: -1 stops at load (one line naming it), the default
+    itself loads (the rule refuses no value an attack ships with)."""
+    base = {"settings": [{"name": "s", "source": "digits", "target": "digits"}]}
+    load_config(dict(base, attacks=[{"name": attack, key: default}]))
+    with pytest.raises(ConfigError) as info:
+        load_config(dict(base, attacks=[{"name": attack, key: -1}]))
+    assert f"{key}=-1" in str(info.value) and "\n" not in str(info.value)

@@ -15,9 +15,13 @@ from poisonprobe.experiment.backends.processes import (
     MIN_CELLS_PER_UNIT,
     check_workers,
     resolve_workers,
+    run_jobs,
 )
-from poisonprobe.experiment.results import KEY_COLUMNS
+from poisonprobe.experiment.backends.worker import UnitJob
+from poisonprobe.experiment.config import load_config
+from poisonprobe.experiment.results import KEY_COLUMNS, ResultsStore
 from poisonprobe.experiment.runner import run
+from poisonprobe.progress import Reporter
 
 TIMING = ["seconds", "attack_seconds", "stages", "shared_seconds"]
 
@@ -53,12 +57,16 @@ def test_worker_processes_write_the_rows_of_one_process_and_resume(tmp_path, gri
     pd.testing.assert_frame_equal(one.drop(columns=TIMING), resumed.drop(columns=TIMING))
 
 
-def test_a_worker_error_ends_the_run_with_that_error(tmp_path, grid):
-    """gc-input checks its radius when it runs, i.e. inside the worker (the driver only
-    prepares the units): the worker's one-line error reaches the caller unchanged."""
-    grid["attacks"] = [{"name": "gc-input", "target": "gradpc", "radius": -1.0}]
-    with pytest.raises(ConfigError, match="radius"):
-        run(grid, out=tmp_path / "bad", quiet=True, workers=2)
+def test_a_worker_error_ends_the_run_with_that_error(tmp_path, tiny_config):
+    """A unit no worker can run (a setting index the config does not have) raises in the
+    worker; the driver re-raises that error and writes no row."""
+    bad = UnitJob(setting_index=7, ext_index=0, split_seed=0, seed=0, done=frozenset(), n_cells=3)
+    cfg = load_config(tiny_config).model_dump(mode="json")
+    store = ResultsStore(tmp_path / "results.csv")
+    where = (str(tmp_path), str(tmp_path), 1, "run")
+    with pytest.raises(IndexError):
+        run_jobs(cfg, [bad], where, 1, store, Reporter(quiet=True))
+    assert not (tmp_path / "results.csv").exists()
 
 
 @pytest.mark.parametrize("value", [0, -2, "many", 1.5, True])

@@ -20,7 +20,9 @@ import pandas as pd
 from poisonprobe.report.stats import mean_ci
 
 INPUT = ("gc-input", "tgda", "tgda-aware")  # input-space attacks (valid images: box regime)
-FT_IMAGES = ("ft-decoder", "ft-match")  # the feature-targeted attack, inverted to images
+# the feature-targeted attack inverted to images, from GC's poisons and from kkt's (built to
+# pass sphere+slab: the fair FT counterpart of the defence-aware input-space attacks)
+FT_IMAGES = ("ft-decoder", "ft-match", "ft-decoder-kkt", "ft-match-kkt")
 FEATURE = ("ft-ideal", "ft-feasible", "tgda-feature", "tgda-feature-aware", "kkt", "min-max")
 
 
@@ -97,7 +99,7 @@ def findings(df: pd.DataFrame) -> list[tuple[str, str, str, str]]:
     return out
 
 
-ORDER = ("label-flip", "gc-input", "tgda", "tgda-aware", "emn", "ft-decoder", "ft-match")
+ORDER = ("label-flip", "gc-input", "tgda", "tgda-aware", "emn") + FT_IMAGES
 ORDER += FEATURE[2:] + FEATURE[:2]
 
 

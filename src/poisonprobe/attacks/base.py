@@ -282,6 +282,7 @@ class AttackInfo:
             if key in hints:
                 _check_value(self.name, key, value, hints[key], allowed[key].default)
         _check_stop_rule(self.name, params, allowed)
+        _check_sign(self.name, params, allowed)
         if self.validate is not None:
             self.validate({k: params.get(k, p.default) for k, p in allowed.items()})
 
@@ -295,6 +296,29 @@ def _check_stop_rule(
         return
     values = {k: params.get(k, allowed[k].default) for k in keys}
     StopRule(**values).check(f"attack {attack!r}:")
+
+
+ZERO_ALLOWED = frozenset({"patience", "goal", "stop_error"})
+"""Parameters with a positive default for which 0 means "off" (no restarts, no early stop)."""
+
+
+def _check_sign(attack: str, params: dict[str, Any], allowed: dict[str, inspect.Parameter]) -> None:
+    """A number whose default is positive (a step size, a step count, a radius, a tolerance)
+    must stay positive (``ZERO_ALLOWED``: >= 0): a negative step count or learning rate would
+    otherwise run without error and return garbage, or fail only after pre-training."""
+    for key, value in params.items():
+        default = allowed[key].default
+        numeric = (int, float)
+        if isinstance(value, bool) or isinstance(default, bool):
+            continue
+        if not (isinstance(value, numeric) and isinstance(default, numeric) and default > 0):
+            continue
+        if key in ZERO_ALLOWED and value < 0:
+            raise ConfigError(f"attack {attack!r}: {key}={value} must be >= 0 (0: off)")
+        if key not in ZERO_ALLOWED and not value > 0:
+            raise ConfigError(
+                f"attack {attack!r}: {key}={value} must be > 0 (the default is {default})"
+            )
 
 
 def _param_types(fn: Callable, params: dict[str, inspect.Parameter]) -> dict[str, Any]:

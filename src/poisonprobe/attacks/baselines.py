@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from .base import AttackContext, PoisonKind, PoisonSet, register_attack
 
 
@@ -14,13 +15,15 @@ def most_confusable_labels(ctx: AttackContext, idx: torch.Tensor) -> torch.Tenso
     return logits.argmax(dim=1).cpu()
 
 
-@register_attack("label-flip", regimes=("box",), on_embeddings=True)
+def _check_mode(p: dict) -> None:
+    if p["mode"] not in ("confusable", "random"):
+        raise ConfigError(f"label-flip mode={p['mode']!r} is unknown; use 'confusable' or 'random'")
+
+
+@register_attack("label-flip", regimes=("box",), on_embeddings=True, validate=_check_mode)
 def label_flip(ctx: AttackContext, mode: str = "confusable") -> PoisonSet:
     """Inject copies of clean points with wrong labels (most-confusable class, or random)."""
-    from ..errors import ConfigError
-
-    if mode not in ("confusable", "random"):
-        raise ConfigError(f"label-flip mode={mode!r} is unknown; use 'confusable' or 'random'")
+    _check_mode({"mode": mode})
     gen = ctx.generator("label-flip")
     idx = torch.randperm(ctx.n_clean, generator=gen)[: ctx.n_poison]
     if ctx.n_poison > ctx.n_clean:  # eps = 1 with rounding: sample with replacement

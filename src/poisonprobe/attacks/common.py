@@ -52,6 +52,15 @@ def check_labels(labels: str) -> None:
         raise ConfigError(f"labels={labels!r} is unknown; use 'clean', 'confusable' or 'random'")
 
 
+PIXEL_OPTIMIZERS = ("adam", "sign")
+
+
+def check_optimizer(method: str) -> None:
+    """Refuse an unknown pixel optimiser before any work is done."""
+    if method not in PIXEL_OPTIMIZERS:
+        raise ConfigError(f"optimizer={method!r} is unknown; use 'adam' or 'sign'")
+
+
 def init_poisons(
     ctx: AttackContext, salt: str, labels: str = "clean", n: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -103,8 +112,7 @@ class PixelOptimizer:
     ) -> None:
         """``steps``: the cosine schedule's length, or None for a constant step size (the
         plateau-stopped attacks: ``restart`` halves it when steps overshoot)."""
-        if method not in ("adam", "sign"):
-            raise ConfigError(f"optimizer={method!r} is unknown; use 'adam' or 'sign'")
+        check_optimizer(method)
         if not lr > 0:
             raise ConfigError(f"lr={lr} must be > 0")
         self.ctx, self.start, self.method, self.lr, self.steps = ctx, start, method, lr, steps

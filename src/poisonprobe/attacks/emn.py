@@ -38,8 +38,23 @@ def emn_project_(
     return ctx.threat.project_(clip_linf_(x, x0, linf), x0)
 
 
+def _check(fraction: str, linf: float, step_size: float, max_rounds: int) -> None:
+    """emn's own values, refused in one line (at parse time through ``_validate``)."""
+    if fraction not in ("eps", "all"):
+        raise ConfigError(f"emn fraction={fraction!r} is unknown; use 'eps' or 'all'")
+    if not linf > 0 or not step_size > 0:
+        raise ConfigError(f"emn linf={linf} and step_size={step_size} must be > 0")
+    if max_rounds < 1:
+        raise ConfigError(f"emn max_rounds={max_rounds} must be >= 1")
+
+
+def _validate(p: dict) -> None:
+    _check(p["fraction"], p["linf"], p["step_size"], p["max_rounds"])
+    stop_rule("emn", p["tol"], p["window"], p["max_steps"], p["patience"])
+
+
 # long: rounds alternate a surrogate refit and min-noise PGD over one shared state and totals
-@register_attack("emn", regimes=("unconstrained", "box"))
+@register_attack("emn", regimes=("unconstrained", "box"), validate=_validate)
 def emn(
     ctx: AttackContext,
     linf: float = 8 / 255,
@@ -60,13 +75,8 @@ def emn(
     ``patience`` steps without a new best, back to the best noise at half the step); stop
     when their surrogate error is below ``stop_error`` or after ``max_rounds``.
     """
-    if fraction not in ("eps", "all"):
-        raise ConfigError(f"emn fraction={fraction!r} is unknown; use 'eps' or 'all'")
-    if not linf > 0 or not step_size > 0:
-        raise ConfigError(f"emn linf={linf} and step_size={step_size} must be > 0")
+    _check(fraction, linf, step_size, max_rounds)
     rule = stop_rule("emn", tol, window, max_steps, patience)
-    if max_rounds < 1:
-        raise ConfigError(f"emn max_rounds={max_rounds} must be >= 1")
     t_all = time.perf_counter()
     n = ctx.n_clean if fraction == "all" else min(ctx.n_poison, ctx.n_clean)
     if fraction == "all":

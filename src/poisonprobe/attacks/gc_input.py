@@ -21,7 +21,13 @@ from ..head.solvers import newton_solve
 from ..shared_work import shared
 from ._optim import Plateau, stop_rule
 from .base import AttackContext, PoisonKind, PoisonSet, register_attack
-from .common import PixelOptimizer, check_labels, feature_loss_and_grad, init_poisons
+from .common import (
+    PixelOptimizer,
+    check_labels,
+    check_optimizer,
+    feature_loss_and_grad,
+    init_poisons,
+)
 from .feature_targeted import ft_feasible_target
 from .gc_objective import clean_gradient, gc_loss
 from .gradpc import gradpc
@@ -170,7 +176,14 @@ def gc_objective_fn(
     return lambda zp: gc_loss(target, clean, zp, y_poison, victim.weight_decay)
 
 
-@register_attack("gc-input", regimes=("unconstrained", "box"))
+def _validate(p: dict) -> None:
+    """Every gc-input value at parse time, through the checks the attack itself runs."""
+    stop_rule("gc-input", p["tol"], p["window"], p["max_steps"], p["patience"])
+    _check(p["patience"], p["goal"], p["labels"], p["target"])
+    check_optimizer(p["optimizer"])
+
+
+@register_attack("gc-input", regimes=("unconstrained", "box"), validate=_validate)
 def gc_input(
     ctx: AttackContext,
     max_steps: int = 200,

@@ -18,15 +18,22 @@ from ..errors import ConfigError
 from .base import AttackContext, PoisonKind, PoisonSet, register_attack
 
 
-@register_attack("min-max", regimes=("feature",))
+def _validate(p: dict) -> None:
+    """The defence name and the loop's values, at parse time and when the attack runs."""
+    check_modellable(parse_defense(p["defense"]))
+    if p["steps"] < 1 or not p["lr"] > 0:
+        raise ConfigError(
+            f"min-max: steps={p['steps']} must be >= 1 and lr={p['lr']} > 0, e.g. 300, 0.2"
+        )
+
+
+@register_attack("min-max", regimes=("feature",), validate=_validate)
 def min_max(
     ctx: AttackContext, defense: str = "none", steps: int = 300, lr: float = 0.2
 ) -> PoisonSet:
     """Worst feasible points collected along the certified bound's minimax loop."""
+    _validate({"defense": defense, "steps": steps, "lr": lr})
     spec = parse_defense(defense)
-    check_modellable(spec)
-    if steps < 1 or not lr > 0:
-        raise ConfigError(f"min-max: steps={steps} must be >= 1 and lr={lr} > 0, e.g. 300, 0.2")
     res = shared_minimax(
         ctx.memo,
         ctx.z_train,

@@ -44,7 +44,13 @@ from ..threads import single_thread_if_small
 from ._feasible import check_defense_kind, defense_feasible_set
 from ._optim import Plateau, check_growth, stop_rule
 from .base import AttackContext, PoisonKind, PoisonSet, register_attack
-from .common import PixelOptimizer, feature_loss_and_grad, init_poisons
+from .common import (
+    PixelOptimizer,
+    check_labels,
+    check_optimizer,
+    feature_loss_and_grad,
+    init_poisons,
+)
 
 HESSIAN_MODES = ("auto", "exact", "cg")
 FOLLOWER_MODES = ("exact", "steps")
@@ -257,20 +263,7 @@ def follower_problem(
     salt: str,
 ) -> tuple[FollowerProblem, torch.Tensor]:
     """Split the clean training set into follower data and the leader's validation split."""
-    if follower_data not in ("rest", "all"):
-        raise ConfigError(f"follower_data={follower_data!r} is unknown; use 'rest' or 'all'")
-    if not 0.0 < val_fraction <= 1.0 or (follower_data == "rest" and val_fraction == 1.0):
-        raise ConfigError(
-            f"val_fraction={val_fraction} must be in (0, 1] (< 1 with follower_data='rest')"
-        )
-    if hessian not in HESSIAN_MODES:
-        raise ConfigError(f"hessian={hessian!r} is unknown; use one of {HESSIAN_MODES}")
-    if cg_iters < 1:
-        raise ConfigError(f"cg_iters={cg_iters} must be >= 1")
-    if leader_loss not in LEADER_LOSSES:
-        raise ConfigError(f"leader_loss={leader_loss!r} is unknown; use one of {LEADER_LOSSES}")
-    if not follower_tol > 0:
-        raise ConfigError(f"follower_tol={follower_tol} must be > 0, e.g. 1e-5")
+    check_follower_args(val_fraction, follower_data, hessian, cg_iters, leader_loss, follower_tol)
     n = ctx.n_clean
     perm = torch.randperm(n, generator=ctx.generator(salt + "/val"))
     n_val = max(1, min(n if follower_data == "all" else n - 1, int(round(val_fraction * n))))
@@ -295,6 +288,47 @@ def follower_problem(
         follower_tol=follower_tol,
     )
     return prob, val_idx
+
+
+def check_follower_args(
+    val_fraction: float,
+    follower_data: str,
+    hessian: str,
+    cg_iters: int,
+    leader_loss: str,
+    follower_tol: float,
+) -> None:
+    """The follower problem's values, refused in one line (at parse time too)."""
+    if follower_data not in ("rest", "all"):
+        raise ConfigError(f"follower_data={follower_data!r} is unknown; use 'rest' or 'all'")
+    if not 0.0 < val_fraction <= 1.0 or (follower_data == "rest" and val_fraction == 1.0):
+        raise ConfigError(
+            f"val_fraction={val_fraction} must be in (0, 1] (< 1 with follower_data='rest')"
+        )
+    if hessian not in HESSIAN_MODES:
+        raise ConfigError(f"hessian={hessian!r} is unknown; use one of {HESSIAN_MODES}")
+    if cg_iters < 1:
+        raise ConfigError(f"cg_iters={cg_iters} must be >= 1")
+    if leader_loss not in LEADER_LOSSES:
+        raise ConfigError(f"leader_loss={leader_loss!r} is unknown; use one of {LEADER_LOSSES}")
+    if not follower_tol > 0:
+        raise ConfigError(f"follower_tol={follower_tol} must be > 0, e.g. 1e-5")
+
+
+def _validate_common(p: dict, who: str) -> None:
+    """What tgda and tgda-feature share: stop rule, follower, labels (parse time)."""
+    stop_rule(who, p["tol"], p["window"], p["max_steps"], p["patience"])
+    _check_common(p["follower"], p["follower_steps"])
+    check_follower_args(
+        p["val_fraction"],
+        p["follower_data"],
+        p["hessian"],
+        p["cg_iters"],
+        p["leader_loss"],
+        p["follower_tol"],
+    )
+    check_labels(p["labels"])
+    check_defense_kind(p["defense"], p["defense_fraction"], who)
 
 
 def _check_common(follower: str, follower_steps: int) -> None:
@@ -341,8 +375,17 @@ class PoisonGenerator(nn.Module):
 
 
 def _validate_images(p: dict) -> None:
-    check_defense_kind(p["defense"], p["defense_fraction"], "tgda")
+    _validate_common(p, "tgda")
     check_growth(p["lr_growth"], "tgda")
+    _check_leader(p["leader"])
+    check_optimizer(p["optimizer"])
+    if p["lr"] is not None and not p["lr"] > 0:
+        raise ConfigError(f"tgda lr={p['lr']} must be > 0 (or null: the default)")
+
+
+def _check_leader(leader: str) -> None:
+    if leader not in ("images", "generator"):
+        raise ConfigError(f"tgda leader={leader!r} is unknown; use 'images' or 'generator'")
 
 
 # long: the lead is reworking this loop for speed in parallel; split it after that lands
@@ -389,8 +432,7 @@ def tgda(
     _check_common(follower, follower_steps)
     rule = stop_rule("tgda", tol, window, max_steps, patience)
     check_growth(lr_growth, "tgda")
-    if leader not in ("images", "generator"):
-        raise ConfigError(f"tgda leader={leader!r} is unknown; use 'images' or 'generator'")
+    _check_leader(leader)
     check_defense_kind(defense, defense_fraction, "tgda")
     t_all = time.perf_counter()
     prob, val_idx = follower_problem(
@@ -513,7 +555,15 @@ def feature_bounds(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _validate_feature(p: dict) -> None:
-    check_defense_kind(p["defense"], p["defense_fraction"], "tgda-feature")
+    _validate_common(p, "tgda-feature")
+    _check_invert(p["invert"])
+
+
+def _check_invert(invert: str) -> None:
+    if invert not in ("none", "feature-match"):
+        raise ConfigError(
+            f"tgda-feature invert={invert!r} is unknown; use 'none' or 'feature-match'"
+        )
 
 
 # long: the lead is reworking this loop for speed in parallel; split it after that lands
@@ -553,10 +603,7 @@ def tgda_feature(
     """
     _check_common(follower, follower_steps)
     rule = stop_rule("tgda-feature", tol, window, max_steps, patience)
-    if invert not in ("none", "feature-match"):
-        raise ConfigError(
-            f"tgda-feature invert={invert!r} is unknown; use 'none' or 'feature-match'"
-        )
+    _check_invert(invert)
     if not lr > 0:
         raise ConfigError(f"tgda-feature lr={lr} must be > 0")
     check_defense_kind(defense, defense_fraction, "tgda-feature")

@@ -82,11 +82,23 @@ def run_processes(
         return
     for unit in units:
         reporter.advance(len(unit.done))  # cells resumed from the folder
-    context = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
-    rows = context.Queue()
     threads = max(1, (os.cpu_count() or 1) // workers)
     where = (str(out_dir.resolve()), os.getcwd(), threads, run_id)
-    cfg_data = cfg.model_dump(mode="json")
+    run_jobs(cfg.model_dump(mode="json"), units, where, workers, store, reporter)
+
+
+def run_jobs(
+    cfg_data: dict[str, Any],
+    units: list[UnitJob],
+    where: tuple,
+    workers: int,
+    store: ResultsStore,
+    reporter: Reporter,
+) -> None:
+    """The pool: ``units`` on ``workers`` spawned processes, each row appended as it lands;
+    the first worker error is re-raised here (and the pool terminated)."""
+    context = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+    rows = context.Queue()
     with context.Pool(workers, initializer=_init_worker, initargs=(rows,)) as pool:
         jobs = [pool.apply_async(_work, (cfg_data, unit, *where)) for unit in units]
         expected, received = None, 0
