@@ -30,7 +30,7 @@ from harness import (
     timed,
 )
 
-from poisonprobe.attacks import AttackContext, ThreatModel, get_attack
+from poisonprobe.attacks import AttackContext, get_attack
 from poisonprobe.attacks.feature_gc import feature_gc
 from poisonprobe.attacks.gc_objective import clean_gradient, gc_loss
 from poisonprobe.attacks.gradpc import evaluate_target, gradpc, radius_scale
@@ -72,15 +72,9 @@ def f3(x: float) -> str:
 
 
 def attack_ctx(extractor, train, z, head, eps: float, regime: str, memo: dict) -> AttackContext:
-    return AttackContext(
-        extractor=extractor,
-        train=train,
-        z_train=z,
-        clean_head=head,
-        victim=VictimConfig(),
-        threat=ThreatModel(eps=eps, domain=train.domain, regime=regime),
-        seed=0,
-        memo=memo,
+    """The default victim's context on cached features and a fitted clean head."""
+    return AttackContext.build(
+        extractor, train, eps, regime=regime, z_train=z, clean_head=head, memo=memo
     )
 
 

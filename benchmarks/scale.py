@@ -58,7 +58,7 @@ def child(spec: dict) -> dict:
     """Run one case in this process; returns seconds per stage and what each reached."""
     import torch
 
-    from poisonprobe.attacks import AttackContext, ThreatModel, get_attack
+    from poisonprobe.attacks import AttackContext, get_attack
     from poisonprobe.bounds.feasible import FeasibleSet
     from poisonprobe.bounds.loss_bound import minimax
     from poisonprobe.data.base import ImageDataset
@@ -85,15 +85,8 @@ def child(spec: dict) -> dict:
         train = ImageDataset(
             torch.zeros(1, 1, 1, 1).expand(n, 1, 1, 1), y, [str(c) for c in range(k)], domain, "gm"
         )
-        ctx = AttackContext(
-            extractor=None,
-            train=train,
-            z_train=z,
-            clean_head=head,
-            victim=victim,
-            threat=ThreatModel(eps=eps, domain=domain, regime="feature"),
-            seed=0,
-            memo={},
+        ctx = AttackContext.build(
+            None, train, eps, regime="feature", victim=victim, z_train=z, clean_head=head
         )
         kwargs = {} if spec.get("tgda_steps") is None else {"max_steps": spec["tgda_steps"]}
         t0 = time.perf_counter()

@@ -138,7 +138,7 @@ LONG_FUNCTIONS = {
     # (module path under src/poisonprobe, function): each carries a `# long:` reason comment
     ("attacks/emn.py", "emn"),
     ("attacks/feature_gc.py", "feature_gc"),
-    ("attacks/feature_targeted.py", "_ft"),
+    ("attacks/feature_targeted.py", "__call__"),  # FeatureTargeted.__call__
     ("attacks/inversion.py", "feature_match"),
     ("attacks/kkt.py", "kkt"),
     ("attacks/tgda.py", "tgda"),

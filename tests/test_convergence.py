@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import tiny_setup
 
-from poisonprobe.attacks import AttackContext, get_attack
+from poisonprobe.attacks import AttackContext, PoisonKind, PoisonSet, get_attack
 from poisonprobe.attacks._feasible import defense_feasible_set
 from poisonprobe.attacks._optim import Plateau, StopRule, check_growth, stop_rule
 from poisonprobe.defenses import DefenseInput, apply_defense, parse_defense
@@ -242,7 +242,7 @@ def test_tgda_images_defense_aware_poisons_are_kept(tiny):
     def kept(ps, spec: str) -> float:
         with torch.no_grad():
             z = ctx.extractor(ps.x.to(ctx.device))
-        return _kept_share(ctx, type(ps)(y=ps.y, z=z), spec)
+        return _kept_share(ctx, PoisonSet(kind=PoisonKind.FEATURES, y=ps.y, z=z), spec)
 
     assert aware.info["defense_aware"] == "sphere+slab"
     assert kept(aware, "sphere+slab") >= 0.9

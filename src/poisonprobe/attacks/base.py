@@ -93,7 +93,8 @@ def identity_progress(items: Iterable[T], description: str = "", total: int | No
 class AttackContext:
     """Everything an attack may use. The test split is deliberately absent."""
 
-    extractor: nn.Module  # frozen, eval mode; maps images in the box to features
+    extractor: nn.Module | None  # frozen, eval mode; maps images in the box to features
+    # (None only for feature-space attacks on precomputed z_train, see ``build``)
     train: ImageDataset  # the clean downstream training set D_c
     z_train: torch.Tensor  # cached features of D_c (float32, on ``device``)
     clean_head: LinearHead  # the victim's head trained on D_c
@@ -109,7 +110,7 @@ class AttackContext:
     def __post_init__(self) -> None:
         # BatchNorm/Dropout in train mode would make an attack see other features than the
         # victim's cache holds (and change running statistics): attacks see the eval network
-        if self.extractor is not None:  # feature-only tests may pass none
+        if self.extractor is not None:
             self.extractor.eval()
 
     @property
@@ -144,7 +145,7 @@ class AttackContext:
     @classmethod
     def build(
         cls,
-        extractor: nn.Module,
+        extractor: nn.Module | None,
         train: ImageDataset,
         eps: float,
         regime: str = "box",
@@ -163,12 +164,19 @@ class AttackContext:
         Encodes ``train`` and fits the clean head unless given (``z_train``, ``clean_head``).
         ``victim`` is the recipe the victim fits with; attacks plan against it on the
         poisoned set's size, with the ``C`` that ``lbfgs-cv`` picks on the clean data.
+        ``extractor=None`` with precomputed ``z_train``: a context for feature-space attacks
+        that never look at images (``train`` then only supplies labels and classes).
         """
         from ..extractors.cache import encode_batched
 
         device = torch.device(device)
         victim = victim or VictimConfig()
         if z_train is None:
+            if extractor is None:
+                raise ConfigError(
+                    "AttackContext.build without an extractor needs z_train (the features of "
+                    "train); pass one of them"
+                )
             z_train = encode_batched(extractor, train.x, batch_size, progress)
         z_train = z_train.to(device)
         y = train.y.to(device)
@@ -199,22 +207,22 @@ class PoisonKind(str, Enum):
     REPLACEMENTS = "replacements"  # x replaces the clean points replace_idx (perturbations)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PoisonSet:
     """The attack's output.
 
+    - ``kind``: a ``PoisonKind``, how the runner puts the poisons in (stated by the attack,
+      checked against the fields below);
     - ``x``: poisoned images (n_p, C, H, W), or ``None`` for pure feature-space poisons;
     - ``z``: features to inject directly (feature-space upper bounds);
     - ``replace_idx``: for perturbation attacks (EMN), the indices of clean training
       points that these poisons *replace* instead of being added;
     - ``base_idx``: clean points the poisons started from (for image grids);
     - ``info``: extra result columns (``target_head_acc``, ``gc_objective``, ``eps_needed``...);
-    - ``stage_seconds``: wall time per stage;
-    - ``kind``: a ``PoisonKind``; when not given it follows from the fields (``replace_idx``:
-      replacements, else ``z``: injected features, else injected images) and is checked
-      against them when given.
+    - ``stage_seconds``: wall time per stage.
     """
 
+    kind: PoisonKind
     y: torch.Tensor
     x: torch.Tensor | None = None
     z: torch.Tensor | None = None
@@ -222,19 +230,10 @@ class PoisonSet:
     base_idx: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    kind: PoisonKind | None = None
 
     def __post_init__(self) -> None:
-        if self.x is None and self.z is None:
-            raise ValueError("PoisonSet needs images x or features z")
-        if self.kind is None:
-            self.kind = (
-                PoisonKind.REPLACEMENTS
-                if self.replace_idx is not None
-                else PoisonKind.FEATURES
-                if self.z is not None
-                else PoisonKind.IMAGES
-            )
+        if not isinstance(self.kind, PoisonKind):
+            raise TypeError(f"PoisonSet.kind={self.kind!r} must be a PoisonKind")
         needs = {
             PoisonKind.IMAGES: self.x is not None and self.z is None and self.replace_idx is None,
             PoisonKind.FEATURES: self.z is not None and self.replace_idx is None,
@@ -242,7 +241,7 @@ class PoisonSet:
             and self.z is None
             and self.replace_idx is not None,
         }
-        if not needs[PoisonKind(self.kind)]:
+        if not needs[self.kind]:
             raise ValueError(f"PoisonSet of kind {self.kind.value!r} has the wrong fields set")
         n = int(self.y.shape[0])
         for name in ("x", "z", "replace_idx", "base_idx"):
@@ -325,10 +324,11 @@ def _check_sign(attack: str, params: dict[str, Any], allowed: dict[str, inspect.
 def _param_types(fn: Callable, params: dict[str, inspect.Parameter]) -> dict[str, Any]:
     """The parameters' annotations as types (those that resolve in the attack's module).
 
-    Read from the signature, not ``typing.get_type_hints``: registration wrappers carry the
-    real parameters only in ``__signature__`` (string annotations, ``from __future__``).
+    Read from the signature (string annotations, ``from __future__``), resolved in the module
+    of the function, or of the ``__call__`` of a callable attack object (the FT variants).
     """
-    namespace = getattr(inspect.unwrap(fn), "__globals__", {})
+    fn = inspect.unwrap(fn)
+    namespace = getattr(fn, "__globals__", None) or getattr(type(fn).__call__, "__globals__", {})
     hints: dict[str, Any] = {}
     for key, param in params.items():
         hint = param.annotation

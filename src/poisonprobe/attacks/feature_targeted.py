@@ -56,6 +56,7 @@ from .inversion import MATCH_METHODS, Decoder, _project, decode, feature_match, 
 from .poisonability import FeatureBox
 
 STARTS = ("clean", "decoder")
+FT_VARIANTS = ("ideal", "feasible", "decoder", "match")
 
 
 @dataclass
@@ -81,89 +82,106 @@ class _FeatureStages:
     seconds: dict[str, float]
 
 
-# long: its 26 keyword parameters are the FT attacks' config surface (the registry reads them)
-def _ft(
-    ctx: AttackContext,
-    variant: str,
-    radii: tuple[float, ...] | list[float] | None = None,
-    radius: float | None = None,
-    target_acc: float | None = None,
-    norm: str = "l2",
-    gradpc_steps: int = 30,
-    seed_attacks: tuple[str, ...] | list[str] = ("label-flip",),
-    max_tries: int = 3,
-    max_steps: int = 1000,
-    tol: float = 2e-4,
-    window: int = 20,
-    lr: float = 0.1,
-    optimizer: str = "adam",
-    labels: str = "optimal",
-    norm_cap: float | None = None,
-    accept: float = 1e-3,
-    decoder_steps: int = 1000,
-    match_steps: int = 1000,
-    match_lr: float = 0.03,
-    match_method: str = "adam",
-    start: str = "clean",
-    linf: float | None = None,
-    source: str = "auto",
-) -> PoisonSet:
-    """Shared body of the four FT variants (see the module docstring for the stages).
+@dataclass(frozen=True)
+class FeatureTargeted:
+    """One FT variant, registered as an attack: ``variant`` says which poisons it returns.
 
-    radii: GradPC L2/L∞ radii relative to the clean head's norm (None: bracket automatically
-    around the largest reachable radius); radius: pin one radius; target_acc: pin the GradPC
-    target's clean-train accuracy; seed_attacks: attacks whose induced heads seed the search;
-    max_tries: candidates verified by stage 2; labels: ``optimal`` (coordinate descent on the
-    objective) or ``init``; norm_cap: feasible ζ norm ≤ norm_cap × max clean norm; accept: a
-    stage-2 objective this small counts as attained; linf: L∞ radius around each poison's clean
-    start for the image variants (default: the run's ``linf``); source: the feature-space
-    poisons the image variants invert — ``gc`` (stage 2's feasible ζ), any registered
-    feature-regime attack that returns features (``tgda-feature``, ``kkt``, …), or ``auto``:
-    whichever of ``AUTO_SOURCES`` leaves the attacker's retrained victim least accurate on the
-    clean training set (so "inversion is the bottleneck" is measured from the strongest).
+    ``ideal``: stage 2's unconstrained features ζ; ``feasible``: ζ inside the feasible feature
+    box; ``decoder`` / ``match``: the feasible (or ``source``'s) features inverted into images by
+    a trained decoder / by feature matching. Stages 1-2 are shared by all four through
+    ``ctx.memo``. The call's keyword parameters are the attacks' config surface: the registry
+    reads their names, types and defaults from its signature.
     """
-    if isinstance(seed_attacks, str):
-        seed_attacks = (seed_attacks,)
-    try:
-        radii = None if radii is None else tuple(float(r) for r in radii)
-    except (TypeError, ValueError):
-        raise ConfigError(f"FT radii={radii!r} must be a list of numbers (or null)") from None
-    params = dict(
-        radii=radii,
-        radius=radius,
-        target_acc=target_acc,
-        norm=norm,
-        gradpc_steps=gradpc_steps,
-        seed_attacks=tuple(seed_attacks),
-        max_tries=max_tries,
-        max_steps=max_steps,
-        tol=tol,
-        window=window,
-        lr=lr,
-        optimizer=optimizer,
-        labels=labels,
-        norm_cap=norm_cap,
-        accept=accept,
-    )
-    _check(params, match_method, start, decoder_steps, match_steps, match_lr, linf)
-    check_source(source)
-    stage = _feature_stages(ctx, params)
-    pick = stage.ideal if variant == "ideal" else stage.feasible
-    info = _feature_stage_info(ctx, stage, pick)
-    seconds = dict(stage.seconds)
-    y = pick.result.y.cpu()
-    if variant in ("ideal", "feasible"):
-        return PoisonSet(
-            kind=PoisonKind.FEATURES,
-            y=y,
-            z=pick.result.z.detach().clone(),
-            base_idx=pick.base_idx,
-            info=info,
-            stage_seconds=seconds,
-        )
 
-    inv = _Inversion(source, start, linf, decoder_steps, match_steps, match_lr, match_method)
-    return _invert(ctx, variant, pick, inv, labels, info, seconds)
+    variant: str
+
+    def __post_init__(self) -> None:
+        if self.variant not in FT_VARIANTS:
+            raise ValueError(f"FT variant {self.variant!r} is unknown; use one of {FT_VARIANTS}")
+
+    # long: its 26 keyword parameters are the FT attacks' config surface (the registry reads them)
+    def __call__(
+        self,
+        ctx: AttackContext,
+        radii: tuple[float, ...] | list[float] | None = None,
+        radius: float | None = None,
+        target_acc: float | None = None,
+        norm: str = "l2",
+        gradpc_steps: int = 30,
+        seed_attacks: tuple[str, ...] | list[str] = ("label-flip",),
+        max_tries: int = 3,
+        max_steps: int = 1000,
+        tol: float = 2e-4,
+        window: int = 20,
+        lr: float = 0.1,
+        optimizer: str = "adam",
+        labels: str = "optimal",
+        norm_cap: float | None = None,
+        accept: float = 1e-3,
+        decoder_steps: int = 1000,
+        match_steps: int = 1000,
+        match_lr: float = 0.03,
+        match_method: str = "adam",
+        start: str = "clean",
+        linf: float | None = None,
+        source: str = "auto",
+    ) -> PoisonSet:
+        """Run this variant (see the module docstring for the stages).
+
+        radii: GradPC L2/L∞ radii relative to the clean head's norm (None: bracket automatically
+        around the largest reachable radius); radius: pin one radius; target_acc: pin the GradPC
+        target's clean-train accuracy; seed_attacks: attacks whose induced heads seed the search;
+        max_tries: candidates verified by stage 2; labels: ``optimal`` (coordinate descent on the
+        objective) or ``init``; norm_cap: feasible ζ norm ≤ norm_cap × max clean norm; accept: a
+        stage-2 objective this small counts as attained; linf: L∞ radius around each poison's clean
+        start for the image variants (default: the run's ``linf``); source: the feature-space
+        poisons the image variants invert — ``gc`` (stage 2's feasible ζ), any registered
+        feature-regime attack that returns features (``tgda-feature``, ``kkt``, …), or ``auto``:
+        whichever of ``AUTO_SOURCES`` leaves the attacker's retrained victim least accurate on the
+        clean training set (so "inversion is the bottleneck" is measured from the strongest).
+        """
+        if isinstance(seed_attacks, str):
+            seed_attacks = (seed_attacks,)
+        try:
+            radii = None if radii is None else tuple(float(r) for r in radii)
+        except (TypeError, ValueError):
+            raise ConfigError(f"FT radii={radii!r} must be a list of numbers (or null)") from None
+        params = dict(
+            radii=radii,
+            radius=radius,
+            target_acc=target_acc,
+            norm=norm,
+            gradpc_steps=gradpc_steps,
+            seed_attacks=tuple(seed_attacks),
+            max_tries=max_tries,
+            max_steps=max_steps,
+            tol=tol,
+            window=window,
+            lr=lr,
+            optimizer=optimizer,
+            labels=labels,
+            norm_cap=norm_cap,
+            accept=accept,
+        )
+        _check(params, match_method, start, decoder_steps, match_steps, match_lr, linf)
+        check_source(source)
+        stage = _feature_stages(ctx, params)
+        pick = stage.ideal if self.variant == "ideal" else stage.feasible
+        info = _feature_stage_info(ctx, stage, pick)
+        seconds = dict(stage.seconds)
+        y = pick.result.y.cpu()
+        if self.variant in ("ideal", "feasible"):
+            return PoisonSet(
+                kind=PoisonKind.FEATURES,
+                y=y,
+                z=pick.result.z.detach().clone(),
+                base_idx=pick.base_idx,
+                info=info,
+                stage_seconds=seconds,
+            )
+
+        inv = _Inversion(source, start, linf, decoder_steps, match_steps, match_lr, match_method)
+        return _invert(ctx, self.variant, pick, inv, labels, info, seconds)
 
 
 def _feature_stage_info(
@@ -374,8 +392,8 @@ def _stage2_summary(res: FeatureGCResult) -> dict[str, Any]:
 
 FT_DEFAULTS: dict[str, Any] = {
     name: prm.default
-    for name, prm in inspect.signature(_ft).parameters.items()
-    if name not in ("ctx", "variant")
+    for name, prm in inspect.signature(FeatureTargeted.__call__).parameters.items()
+    if name not in ("self", "ctx")
 }
 
 
@@ -726,27 +744,21 @@ def _decoder(ctx: AttackContext, steps: int) -> tuple[Decoder, float]:
     return shared(ctx.memo, key, compute)
 
 
-def _register(name: str, variant: str, regimes: tuple[str, ...], description: str) -> None:
-    def attack(ctx: AttackContext, **params: Any) -> PoisonSet:
-        return _ft(ctx, variant, **params)
+def _check_ft(params: dict[str, Any]) -> None:
+    check_source(params["source"])
 
-    sig = inspect.signature(_ft)
-    attack.__signature__ = sig.replace(  # type: ignore[attr-defined]
-        parameters=[q for k, q in sig.parameters.items() if k != "variant"]
+
+FT_ATTACKS = (
+    ("ft-ideal", ("feature",), "FT attack: unconstrained poisoned features ζ"),
+    ("ft-feasible", ("feature",), "FT attack: ζ inside the feasible feature box"),
+    ("ft-decoder", ("box",), "FT attack: feasible ζ inverted by a decoder"),
+    ("ft-match", ("box",), "FT attack: feasible ζ inverted by feature matching"),
+)
+"""The registered FT attacks: ``ft-VARIANT``, its regimes and its description."""
+
+for _name, _regimes, _description in FT_ATTACKS:
+    register_attack(_name, regimes=_regimes, description=_description, validate=_check_ft)(
+        FeatureTargeted(_name.removeprefix("ft-"))
     )
-    attack.__name__ = f"ft_{variant}"
-    attack.__doc__ = description
-    register_attack(
-        name,
-        regimes=regimes,
-        description=description,
-        validate=lambda p: check_source(p["source"]),
-    )(attack)
 
-
-_FT_NAMES = ("ft-ideal", "ft-feasible", "ft-decoder", "ft-match")
-
-_register("ft-ideal", "ideal", ("feature",), "FT attack: unconstrained poisoned features ζ")
-_register("ft-feasible", "feasible", ("feature",), "FT attack: ζ inside the feasible feature box")
-_register("ft-decoder", "decoder", ("box",), "FT attack: feasible ζ inverted by a decoder")
-_register("ft-match", "match", ("box",), "FT attack: feasible ζ inverted by feature matching")
+_FT_NAMES = tuple(name for name, _, _ in FT_ATTACKS)

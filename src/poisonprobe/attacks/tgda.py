@@ -44,7 +44,7 @@ from ..head.solvers import newton_solve
 from ..threads import single_thread_if_small
 from ._feasible import check_defense_kind, defense_feasible_set
 from ._optim import Plateau, check_growth, stop_rule
-from .base import AttackContext, PoisonSet, register_attack
+from .base import AttackContext, PoisonKind, PoisonSet, register_attack
 from .common import (
     PixelOptimizer,
     check_labels,
@@ -579,6 +579,7 @@ def tgda(
     if defense_aware:
         info["kept_share_last"] = stats.get("kept_share", math.nan)
     return PoisonSet(
+        kind=PoisonKind.IMAGES,
         y=y_p.cpu(),
         x=best_x.detach().cpu(),
         base_idx=idx,
@@ -733,6 +734,7 @@ def tgda_feature(
         seconds["inversion"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_all
     return PoisonSet(
+        kind=PoisonKind.FEATURES if x is None else PoisonKind.IMAGES,
         y=y_p.cpu(),
         x=x,
         z=None if x is not None else best_z.float(),

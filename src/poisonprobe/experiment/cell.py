@@ -1,6 +1,6 @@
 """The cells of one (setting, split, extractor, seed) unit: the clean rows, then for each
 attack cell the attack once, the injected training set, every defence and the victim's
-retrain, and the figures. Both backends (local and Ray) call ``run_unit_cells``."""
+retrain, and the figures. Every backend (local, processes, Ray) calls ``RunScope.run_unit``."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def victim_start(vcfg: VictimConfig, clean_head: LinearHead) -> dict[str, Any]:
 
 
 class RowSink(Protocol):
-    """Where ``run_unit_cells`` puts rows: the ResultsStore locally, a collector in a Ray worker."""
+    """Where ``RunScope.run_unit`` puts rows: the ResultsStore, or a worker's collector."""
 
     def has(self, cell: str) -> bool: ...
 
@@ -184,7 +184,7 @@ def row_identity(
 def unit_cells(
     prep: Prepared, cfg: Config, seed: int, defenses: list[DefenseSpec], device: torch.device
 ) -> list[dict[str, Any]]:
-    """The rows one (setting, split, extractor, seed) unit writes, in ``run_unit_cells``'s order."""
+    """The rows one (setting, split, extractor, seed) unit writes, in ``run_unit``'s order."""
     cells: list[tuple[AttackSpec | None, str, float]] = [(None, "-", eps) for eps in cfg.eps]
     if "loss" in cfg.bounds:
         cells += [(BOUND, "feature", eps) for eps in cfg.eps]
@@ -198,13 +198,13 @@ def unit_cells(
     ]
 
 
-@dataclass
-class UnitRun:
-    """One (setting, split, extractor, seed) unit while its cells run: what they share."""
+@dataclass(frozen=True)
+class RunScope:
+    """What every unit's cells share in one run: the config, the defences, the victim's recipe,
+    where rows go, progress, device, output folder and run id. Each backend makes one (the Ray
+    worker with its row collector) and calls ``run_unit`` for each (unit, seed)."""
 
-    prep: Prepared
     cfg: Config
-    seed: int
     defenses: list[DefenseSpec]
     vcfg: VictimConfig
     store: RowSink
@@ -212,6 +212,29 @@ class UnitRun:
     device: torch.device
     out_dir: Path
     run_id: str = ""
+
+    def run_unit(self, prep: Prepared, seed: int) -> None:
+        """Every cell of one seed; cells whose ``cell_id`` ``store`` already has are skipped."""
+        unit = UnitRun(prep, seed, self)
+        unit.clean_rows()
+        self.reporter.advance(
+            bound_rows(prep, self.cfg, self.defenses, self.store, unit.memo, unit.identity)
+        )
+        for spec in self.cfg.attacks:
+            info = get_attack(spec.name)
+            for regime in attack_regimes(spec, self.cfg):
+                for eps in self.cfg.eps:
+                    unit.attack_cell(spec, info, regime, eps)
+        unit.save_projection()
+
+
+@dataclass
+class UnitRun:
+    """One (setting, split, extractor, seed) unit while its cells run: what they share."""
+
+    prep: Prepared
+    seed: int
+    run: RunScope
     # FT stages, decoder, targets, minimax: computed once, billed visibly
     memo: SharedWork = field(default_factory=SharedWork)
     projected: dict[str, torch.Tensor] = field(default_factory=dict)  # poison features
@@ -219,7 +242,10 @@ class UnitRun:
     @property
     def figures(self) -> bool:
         """Figures come from the first seed of the first split only."""
-        return self.seed == self.cfg.seeds[0] and self.prep.split_seed == self.cfg.split_seeds[0]
+        return (
+            self.seed == self.run.cfg.seeds[0]
+            and self.prep.split_seed == self.run.cfg.split_seeds[0]
+        )
 
     def identity(self, spec: AttackSpec | None, regime: str, eps: float, d: DefenseSpec) -> dict:
         """A row's fixed columns and its key fields (``spec=None``: the unpoisoned row)."""
@@ -230,49 +256,51 @@ class UnitRun:
             "n_clean": len(prep.target.train),
             "n_test": len(prep.target.test),
             "clean_acc": prep.clean_acc,
-            "config_id": self.run_id,
+            "config_id": self.run.run_id,
         }
         return {
             **base,
-            **row_identity(prep, self.cfg, self.device, self.seed, spec, regime, eps, d),
+            **row_identity(prep, self.run.cfg, self.run.device, self.seed, spec, regime, eps, d),
         }
 
     def clean_rows(self) -> None:
         """The unpoisoned victim under every defence, one row per (eps, defence)."""
-        clean_ts = build_training_set(self.prep, None, self.cfg.batch_size)
-        for eps in self.cfg.eps:
-            for d in self.defenses:
+        clean_ts = build_training_set(self.prep, None, self.run.cfg.batch_size)
+        for eps in self.run.cfg.eps:
+            for d in self.run.defenses:
                 row = self.identity(None, "-", eps, d)
-                if self.store.has(row["cell_id"]):
-                    self.reporter.advance()
+                if self.run.store.has(row["cell_id"]):
+                    self.run.reporter.advance()
                     continue
                 t0 = time.perf_counter()
-                row.update(evaluate(self.prep, clean_ts, d, eps, self.vcfg, self.seed), n_poison=0)
+                row.update(
+                    evaluate(self.prep, clean_ts, d, eps, self.run.vcfg, self.seed), n_poison=0
+                )
                 row["seconds"] = time.perf_counter() - t0
-                self.store.append(row)
-                self.reporter.advance()
+                self.run.store.append(row)
+                self.run.reporter.advance()
 
     def attack_cell(self, spec: AttackSpec, info: AttackInfo, regime: str, eps: float) -> None:
         """One attack cell: the attack once, then a row per defence not yet in the store."""
-        keys = {d.label: self.identity(spec, regime, eps, d) for d in self.defenses}
-        todo = [d for d in self.defenses if not self.store.has(keys[d.label]["cell_id"])]
+        keys = {d.label: self.identity(spec, regime, eps, d) for d in self.run.defenses}
+        todo = [d for d in self.run.defenses if not self.run.store.has(keys[d.label]["cell_id"])]
         if not todo:
-            self.reporter.advance(len(self.defenses))
+            self.run.reporter.advance(len(self.run.defenses))
             return
-        prep, cfg = self.prep, self.cfg
-        self.reporter.describe(f"{prep.setting.name} {spec.column} {regime} eps={eps}")
+        prep, cfg = self.prep, self.run.cfg
+        self.run.reporter.describe(f"{prep.setting.name} {spec.column} {regime} eps={eps}")
         poison, attack_seconds, shared_seconds = self.run_attack(spec, info, regime, eps)
         ts = build_training_set(prep, poison, cfg.batch_size)
         if cfg.save_poisons:
-            save_poisons(poison_file(self.out_dir, keys[todo[0].label]), poison)
+            save_poisons(poison_file(self.run.out_dir, keys[todo[0].label]), poison)
         if self.figures and eps == max(cfg.eps):
             _record_figures(
-                prep, spec.column, regime, eps, poison, ts, self.out_dir, self.projected
+                prep, spec.column, regime, eps, poison, ts, self.run.out_dir, self.projected
             )
         for d in todo:
             t1 = time.perf_counter()
             row = dict(keys[d.label])
-            row.update(evaluate(prep, ts, d, eps, self.vcfg, self.seed))
+            row.update(evaluate(prep, ts, d, eps, self.run.vcfg, self.seed))
             row.update(
                 n_poison=len(poison),
                 attack_seconds=attack_seconds,
@@ -280,9 +308,9 @@ class UnitRun:
                 seconds=attack_seconds + time.perf_counter() - t1,
                 **_attack_columns(poison),
             )
-            self.store.append(row)
-            self.reporter.advance()
-        self.reporter.advance(len(self.defenses) - len(todo))
+            self.run.store.append(row)
+            self.run.reporter.advance()
+        self.run.reporter.advance(len(self.run.defenses) - len(todo))
 
     def run_attack(
         self, spec: AttackSpec, info: AttackInfo, regime: str, eps: float
@@ -294,15 +322,15 @@ class UnitRun:
             prep.target.train,
             eps,
             regime=regime,
-            linf=self.cfg.linf,
+            linf=self.run.cfg.linf,
             victim=prep.clean_victim,
             seed=self.seed,
-            device=self.device,
+            device=self.run.device,
             z_train=prep.z_train,
             clean_head=prep.clean_head,
             memo=self.memo,
-            progress=self.reporter.track,
-            batch_size=self.cfg.batch_size,
+            progress=self.run.reporter.track,
+            batch_size=self.run.cfg.batch_size,
         )
         torch.manual_seed(self.seed)
         self.memo.take_used()  # bill this attack only for the shared work it uses
@@ -329,8 +357,8 @@ class UnitRun:
             prep.z_train,
             prep.target.train.y,
             self.projected,
-            self.out_dir / f"{name}.png",
-            f"{prep.setting.name}: clean features (PCA) and poisons at eps={max(self.cfg.eps)}",
+            self.run.out_dir / f"{name}.png",
+            f"{prep.setting.name}: clean features (PCA) and poisons at eps={max(self.run.cfg.eps)}",
             classes=prep.target.train.classes,
         )
 
@@ -347,30 +375,6 @@ def _attack_columns(poison: PoisonSet) -> dict[str, Any]:
         "stages": json.dumps({k: round(v, 4) for k, v in poison.stage_seconds.items()}),
         "info": json.dumps(_jsonable(poison.info)),
     }
-
-
-def run_unit_cells(
-    prep: Prepared,
-    cfg: Config,
-    seed: int,
-    defenses: list[DefenseSpec],
-    vcfg: VictimConfig,
-    store: RowSink,
-    reporter: Reporter,
-    device: torch.device,
-    out_dir: Path,
-    run_id: str = "",
-) -> None:
-    """Every cell of one seed; cells whose ``cell_id`` ``store`` already has are skipped."""
-    unit = UnitRun(prep, cfg, seed, defenses, vcfg, store, reporter, device, out_dir, run_id)
-    unit.clean_rows()
-    reporter.advance(bound_rows(prep, cfg, defenses, store, unit.memo, unit.identity))
-    for spec in cfg.attacks:
-        info = get_attack(spec.name)
-        for regime in attack_regimes(spec, cfg):
-            for eps in cfg.eps:
-                unit.attack_cell(spec, info, regime, eps)
-    unit.save_projection()
 
 
 GRID_COLUMNS = 8  # poisons shown in each image grid

@@ -34,7 +34,7 @@ from ..report.plots import (
 from .backends.local import run_local
 from .backends.processes import check_workers, resolve_workers, run_processes
 from .backends.ray import import_ray, run_ray
-from .cell import attack_regimes, unit_cells
+from .cell import RunScope, attack_regimes, unit_cells
 from .certify import dpa_rows
 from .config import Config, ExtractorConfig, SettingConfig, load_config
 from .plan import check_same_experiment, config_id
@@ -134,9 +134,8 @@ def _run(
             else:
                 run_processes(cfg, preps, defenses, *where, n_workers)
         else:
-            run_local(
-                cfg, units, prepared, defenses, vcfg, store, reporter, device, out_dir, run_id
-            )
+            scope = RunScope(cfg, defenses, vcfg, store, reporter, device, out_dir, run_id)
+            run_local(scope, units, prepared)
     finish_report(out_dir)
     return store.frame()
 

@@ -19,7 +19,7 @@ import torch
 from ...defenses import parse_defense
 from ...extractors.cache import FeatureCache
 from ...progress import Reporter
-from ..cell import run_unit_cells, unit_cells
+from ..cell import RunScope, unit_cells
 from ..config import Config, load_config
 from ..prepare import prepare, resolve_device, victim_config
 from ..results import ResultsStore
@@ -81,9 +81,8 @@ def run_unit(
     sink = RowCollector(set(job.done), forward)
     defenses = [parse_defense(d) for d in cfg.defenses]
     vcfg = victim_config(cfg)
-    run_unit_cells(
-        prep, cfg, job.seed, defenses, vcfg, sink, reporter, device, Path(out_dir), run_id
-    )
+    scope = RunScope(cfg, defenses, vcfg, sink, reporter, device, Path(out_dir), run_id)
+    scope.run_unit(prep, job.seed)
     return sink.rows
 
 
