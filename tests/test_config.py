@@ -162,3 +162,25 @@ def test_a_negative_step_size_count_or_tolerance_is_refused_at_parse_time(attack
     with pytest.raises(ConfigError) as info:
         load_config(dict(base, attacks=[{"name": attack, key: -1}]))
     assert f"{key}=-1" in str(info.value) and "\n" not in str(info.value)
+
+
+def _choice_params() -> list[tuple[str, str]]:
+    """(attack, parameter) for every parameter whose default is a name (a string)."""
+    from poisonprobe.attacks import attack_names, get_attack
+
+    return [
+        (name, key)
+        for name in attack_names()
+        for key, param in get_attack(name).params().items()
+        if isinstance(param.default, str)
+    ]
+
+
+@pytest.mark.parametrize("attack,key", _choice_params())
+def test_an_unknown_name_is_refused_at_parse_time(attack, key):
+    """labels, optimizer, follower, leader, source, defense, ...: an unknown value stops at
+    load in one line naming it, not when the attack runs (possibly after pre-training)."""
+    base = {"settings": [{"name": "s", "source": "digits", "target": "digits"}]}
+    with pytest.raises(ConfigError) as info:
+        load_config(dict(base, attacks=[{"name": attack, key: "bogus"}]))
+    assert "bogus" in str(info.value) and "\n" not in str(info.value)

@@ -745,7 +745,18 @@ def _decoder(ctx: AttackContext, steps: int) -> tuple[Decoder, float]:
 
 
 def _check_ft(params: dict[str, Any]) -> None:
-    check_source(params["source"])
+    """Every FT value at parse time, through the checks the attack runs when called."""
+    p = params
+    _check(
+        p,
+        p["match_method"],
+        p["start"],
+        p["decoder_steps"],
+        p["match_steps"],
+        p["match_lr"],
+        p["linf"],
+    )
+    check_source(p["source"])
 
 
 FT_ATTACKS = (
