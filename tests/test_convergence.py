@@ -232,6 +232,24 @@ def test_ft_inverts_the_source_it_is_given(tiny):
     assert auto.info["source"] in ("gc", "tgda-feature")
 
 
+def test_ft_auto_keeps_the_source_whose_images_hurt_the_attackers_victim_most(tiny):
+    """``auto`` ranks sources after inversion: each candidate's images are encoded and the
+    victim retrained on them; the kept one has the lowest clean-train accuracy, and inverting
+    that source by name gives the same images."""
+    from poisonprobe.attacks.feature_targeted import attacker_train_acc
+
+    ctx = _ctx(tiny, regime="box")
+    fast = dict(max_tries=1, decoder_steps=20, match_steps=3, gradpc_steps=10, max_steps=60)
+    auto = get_attack("ft-decoder").fn(ctx, **fast)
+    scores = auto.info["auto_inverted_train_acc"]
+    assert set(scores) == {"gc", "tgda-feature"}
+    assert scores[auto.info["source"]] == min(scores.values())
+    named = get_attack("ft-decoder").fn(ctx, source=auto.info["source"], **fast)
+    assert torch.equal(named.x, auto.x) and torch.equal(named.y, auto.y)
+    z_x = ctx.encode(auto.x.to(ctx.device))  # the score is the retrained victim's, recomputed
+    assert attacker_train_acc(ctx, z_x, auto.y) == pytest.approx(scores[auto.info["source"]])
+
+
 def test_tgda_images_defense_aware_poisons_are_kept(tiny):
     """Pixel tgda cannot project features, so it steers them: with ``defense_aware`` the
     sphere+slab filter keeps (nearly) every poison, the unconstrained naive ones it removes."""

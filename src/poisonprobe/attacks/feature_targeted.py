@@ -137,8 +137,9 @@ class FeatureTargeted:
         start for the image variants (default: the run's ``linf``); source: the feature-space
         poisons the image variants invert — ``gc`` (stage 2's feasible ζ), any registered
         feature-regime attack that returns features (``tgda-feature``, ``kkt``, …), or ``auto``:
-        whichever of ``AUTO_SOURCES`` leaves the attacker's retrained victim least accurate on the
-        clean training set (so "inversion is the bottleneck" is measured from the strongest).
+        every source of ``AUTO_SOURCES`` inverted, keeping the images whose real features leave the
+        attacker's retrained victim least accurate on the clean training set (so "inversion is
+        the bottleneck" is measured from the strongest images any source gives).
         """
         if isinstance(seed_attacks, str):
             seed_attacks = (seed_attacks,)
@@ -224,8 +225,42 @@ def _invert(
     info: dict[str, Any],
     seconds: dict[str, float],
 ) -> PoisonSet:
-    """Stage 3: invert the source's feature poisons into images (decoder or matching)."""
-    src = _inversion_source(ctx, inv.source, pick)
+    """Stage 3: invert the source's feature poisons into images (decoder or matching).
+
+    ``auto`` inverts every source of ``AUTO_SOURCES`` and keeps the images whose real
+    features leave the attacker's retrained victim least accurate on the clean training set:
+    the strongest feature poisons are not always the ones that survive inversion best
+    (default digits, eps 0.3: tgda-feature's invert to 2.4 pt, GC's to 5.8 pt)."""
+    if inv.source != "auto":
+        src = _inversion_source(ctx, inv.source, pick)
+        return _invert_one(ctx, variant, pick, src, inv, labels, info, seconds)
+    best: PoisonSet | None = None
+    scores: dict[str, float] = {}
+    spent = 0.0
+    for name in AUTO_SOURCES:
+        src = _inversion_source(ctx, name, pick)
+        poison = _invert_one(ctx, variant, pick, src, inv, labels, dict(info), dict(seconds))
+        spent += poison.stage_seconds.get("inversion", 0.0)
+        scores[name] = poison.info["inverted_train_acc"]
+        if best is None or scores[name] < best.info["inverted_train_acc"]:  # ties: first
+            best = poison
+    assert best is not None
+    best.info["auto_inverted_train_acc"] = scores
+    best.stage_seconds["inversion"] = spent
+    return best
+
+
+def _invert_one(
+    ctx: AttackContext,
+    variant: str,
+    pick: _Stage2Outcome,
+    src: _Source,
+    inv: _Inversion,
+    labels: str,
+    info: dict[str, Any],
+    seconds: dict[str, float],
+) -> PoisonSet:
+    """Invert one source's feature poisons; ``info`` and ``seconds`` are filled in place."""
     info["source"] = src.name
     if src.name != "gc":  # the columns describe the inverted poisons, not stage 2's
         info.update(src.info)
@@ -248,6 +283,7 @@ def _invert(
             y_x = relabel(head, clean, z_x, y_x, wd)
             y = y_x.cpu()
         info["gc_objective"] = float(gc_loss(head, clean, z_x, y_x, wd))
+    info["inverted_train_acc"] = attacker_train_acc(ctx, z_x, y.to(z_x.device))
     return PoisonSet(
         kind=PoisonKind.IMAGES,
         y=y,
@@ -308,7 +344,8 @@ def _images(
 
 
 AUTO_SOURCES = ("gc", "tgda-feature")
-"""The feature-space attacks ``source="auto"`` compares (each run once per seed and eps)."""
+"""The feature-space attacks ``source="auto"`` inverts and compares after inversion (each
+feature attack runs once per seed and eps; its inversion once per FT variant)."""
 
 
 @dataclass
@@ -338,15 +375,12 @@ def check_source(source: str) -> None:
 
 
 def _inversion_source(ctx: AttackContext, source: str, pick: _Stage2Outcome) -> _Source:
-    gc = _Source(
-        "gc", pick.result.z, pick.result.y, pick.start_x, pick.base_idx, pick.realised_acc, {}
-    )
+    """The feature poisons of one named source (``gc``: stage 2's feasible ζ)."""
     if source == "gc":
-        return gc
-    names = [source] if source != "auto" else [n for n in AUTO_SOURCES if n != "gc"]
-    found = [gc] if source == "auto" else []
-    found += [_feature_source(ctx, name) for name in names]
-    return min(found, key=lambda s: s.train_acc)  # ties: gc (listed first)
+        return _Source(
+            "gc", pick.result.z, pick.result.y, pick.start_x, pick.base_idx, pick.realised_acc, {}
+        )
+    return _feature_source(ctx, source)
 
 
 def _feature_source(ctx: AttackContext, name: str) -> _Source:
@@ -358,16 +392,7 @@ def _feature_source(ctx: AttackContext, name: str) -> _Source:
         poison = get_attack(name).fn(sub)
         if poison.kind is not PoisonKind.FEATURES or poison.z is None:
             raise ConfigError(f"FT source={name!r} returned no injected features; use 'gc'")
-        zc = ctx.z_train.to(torch.float64)
-        yc = ctx.train.y.to(zc.device)
-        z_p, y_p = poison.z.to(ctx.z_train), poison.y.to(zc.device).long()
-        victim = train_head(
-            torch.cat([zc, z_p.to(zc)]),
-            torch.cat([yc, y_p]),
-            ctx.n_classes,
-            _exact_lbfgs_recipe(ctx, max_iter=100, tol=1e-5),
-            init=ctx.clean_head,
-        )
+        z_p, y_p = poison.z.to(ctx.z_train), poison.y.to(ctx.z_train.device).long()
         if poison.base_idx is not None:
             idx, start_x = poison.base_idx, ctx.train.x[poison.base_idx]
         else:  # no base images: start from the nearest clean point of each poison
@@ -375,9 +400,24 @@ def _feature_source(ctx: AttackContext, name: str) -> _Source:
             start_x = ctx.train.x[idx]
         keep = ("attack_objective", "attack_steps", "converged", "restarts", "val_loss")
         info = {f"source_{k}": poison.info[k] for k in keep if k in poison.info}
-        return _Source(name, z_p, y_p, start_x, idx, victim.accuracy(zc, yc), info)
+        return _Source(name, z_p, y_p, start_x, idx, attacker_train_acc(ctx, z_p, y_p), info)
 
     return shared(ctx.memo, key, compute)
+
+
+def attacker_train_acc(ctx: AttackContext, z_p: torch.Tensor, y_p: torch.Tensor) -> float:
+    """Clean-train accuracy of the victim retrained on clean ∪ (z_p, y_p): how the attacker,
+    who has the training set and the extractor but not the test set, ranks poison sets."""
+    zc = ctx.z_train.to(torch.float64)
+    yc = ctx.train.y.to(zc.device)
+    victim = train_head(
+        torch.cat([zc, z_p.to(zc)]),
+        torch.cat([yc, y_p.to(zc.device).long()]),
+        ctx.n_classes,
+        _exact_lbfgs_recipe(ctx, max_iter=100, tol=1e-5),
+        init=ctx.clean_head,
+    )
+    return victim.accuracy(zc, yc)
 
 
 def _stage2_summary(res: FeatureGCResult) -> dict[str, Any]:
