@@ -494,7 +494,7 @@ class _ImageLeader:
 @register_attack("tgda", regimes=("unconstrained", "box"), validate=_validate_images)
 def tgda(
     ctx: AttackContext,
-    max_steps: int = 600,
+    max_steps: int = 1000,
     tol: float = 5e-3,
     window: int = 15,
     patience: int = 4,
