@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -96,3 +97,39 @@ def test_cli_workers_with_ray_is_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "--workers is for the local backend" in lines[0]
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie nobody reaps counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.split()[1:2] == ["Z"] for line in f if line.startswith("State:"))
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_worker_exits_when_its_driver_is_gone():
+    """A driver killed without stopping its pool (SIGKILL, OOM) must not leave workers
+    computing rows nobody will write: each watches its parent and exits with it."""
+    child = (
+        "import os; from poisonprobe.experiment.backends.processes import _exit_with_parent; "
+        "p = os.getppid(); print('ready', flush=True); _exit_with_parent(p)"
+    )
+    parent = (
+        "import subprocess, sys; "
+        f"c = subprocess.Popen([sys.executable, '-c', {child!r}], "
+        "stdout=subprocess.PIPE, text=True); "
+        "assert c.stdout.readline().strip() == 'ready'; import time; time.sleep(1.5); "
+        "assert c.poll() is None; print(c.pid, flush=True)"  # alive with its parent; exits
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", parent], capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
+    assert out.returncode == 0, out.stderr  # the watcher kept the worker alive while needed
+    pid = int(out.stdout.strip())
+    for _ in range(int(HANG_GUARD_S / 0.1)):  # a hang guard, not a speed check
+        if _gone(pid):
+            break
+        time.sleep(0.1)
+    assert _gone(pid)

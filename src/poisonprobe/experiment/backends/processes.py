@@ -13,6 +13,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,15 @@ def resolve_workers(workers: int | str, n_units: int, n_cells: int, device: Any)
 def _init_worker(rows: Any) -> None:
     global _rows
     _rows = rows
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the driver is gone (killed without a chance to stop its pool):
+    an orphan would otherwise keep computing rows nobody will write."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _forward(row: dict[str, Any]) -> None:
