@@ -184,3 +184,12 @@ def test_an_unknown_name_is_refused_at_parse_time(attack, key):
     with pytest.raises(ConfigError) as info:
         load_config(dict(base, attacks=[{"name": attack, key: "bogus"}]))
     assert "bogus" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("attack", ["tgda", "gc-input"])
+def test_an_optional_step_size_is_checked_when_given(attack):
+    """``lr: null`` means the attack's own default; a given lr must be > 0, at load."""
+    base = {"settings": [{"name": "s", "source": "digits", "target": "digits"}]}
+    load_config(dict(base, attacks=[{"name": attack, "lr": None}]))
+    with pytest.raises(ConfigError, match="lr=-0.1"):
+        load_config(dict(base, attacks=[{"name": attack, "lr": -0.1}]))

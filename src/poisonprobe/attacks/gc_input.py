@@ -181,6 +181,8 @@ def _validate(p: dict) -> None:
     stop_rule("gc-input", p["tol"], p["window"], p["max_steps"], p["patience"])
     _check(p["patience"], p["goal"], p["labels"], p["target"])
     check_optimizer(p["optimizer"])
+    if p["lr"] is not None and not p["lr"] > 0:
+        raise ConfigError(f"gc-input lr={p['lr']} must be > 0 (or null: the default)")
 
 
 @register_attack("gc-input", regimes=("unconstrained", "box"), validate=_validate)
