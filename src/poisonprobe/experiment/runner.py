@@ -123,18 +123,17 @@ def _run(
     units = _units(cfg)
     n_workers = resolve_workers(workers, len(units) * len(cfg.seeds), cells, device)
     manifest["workers"] = n_workers if backend == "local" else backend
+    scope = RunScope(cfg, defenses, vcfg, store, reporter, device, out_dir, run_id)
     with reporter.session(total=cells, description="poisonprobe"):
         if backend == "ray" or n_workers > 1:
             # the driver prepares each (setting, split, extractor) first: pre-training and
             # features land in the shared cache once, and workers only load them
             preps = [prepared(*unit) for unit in units]
-            where = (store, reporter, out_dir, device, run_id)
             if backend == "ray":
-                run_ray(cfg, preps, defenses, *where, ray_address)
+                run_ray(scope, preps, ray_address)
             else:
-                run_processes(cfg, preps, defenses, *where, n_workers)
+                run_processes(scope, preps, n_workers)
         else:
-            scope = RunScope(cfg, defenses, vcfg, store, reporter, device, out_dir, run_id)
             run_local(scope, units, prepared)
     finish_report(out_dir)
     return store.frame()

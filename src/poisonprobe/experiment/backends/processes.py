@@ -15,12 +15,11 @@ import os
 import queue
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError
 from ...progress import Reporter
-from ..config import Config
+from ..cell import RunScope
 from ..results import ResultsStore
 from .worker import UnitJob, pending_units, run_unit
 
@@ -76,26 +75,17 @@ def _work(cfg_data: dict[str, Any], job: UnitJob, *where: Any) -> int:
     return len(run_unit(cfg_data, job, *where, forward=_forward))
 
 
-def run_processes(
-    cfg: Config,
-    preps: list,
-    defenses: list,
-    store: ResultsStore,
-    reporter: Reporter,
-    out_dir: Path,
-    device: Any,
-    run_id: str,
-    workers: int,
-) -> None:
+def run_processes(scope: RunScope, preps: list, workers: int) -> None:
     """Run the pending units on ``workers`` spawned processes; append rows as they land."""
-    units = pending_units(cfg, preps, defenses, store, reporter, device)
+    units = pending_units(scope, preps)
     if not units:
         return
     for unit in units:
-        reporter.advance(len(unit.done))  # cells resumed from the folder
+        scope.reporter.advance(len(unit.done))  # cells resumed from the folder
     threads = max(1, (os.cpu_count() or 1) // workers)
-    where = (str(out_dir.resolve()), os.getcwd(), threads, run_id)
-    run_jobs(cfg.model_dump(mode="json"), units, where, workers, store, reporter)
+    where = (str(scope.out_dir.resolve()), os.getcwd(), threads, scope.run_id)
+    cfg_data = scope.cfg.model_dump(mode="json")
+    run_jobs(cfg_data, units, where, workers, scope.store, scope.reporter)
 
 
 def run_jobs(

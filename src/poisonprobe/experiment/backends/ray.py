@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ...errors import ConfigError, PoisonProbeError
-from ...progress import Reporter
-from ..config import Config
-from ..results import ResultsStore
+from ..cell import RunScope
 from .worker import pending_units, run_unit
 
 log = logging.getLogger("poisonprobe")
@@ -39,37 +36,28 @@ def import_ray() -> Any:
     return ray
 
 
-def run_ray(
-    cfg: Config,
-    preps: list,
-    defenses: list,
-    store: ResultsStore,
-    reporter: Reporter,
-    out_dir: Path,
-    device: Any,
-    run_id: str,
-    address: str | None = None,
-) -> None:
+def run_ray(scope: RunScope, preps: list, address: str | None = None) -> None:
     """Fan the (setting, extractor, seed) units out as Ray tasks; append rows as they land.
 
     Uses an already initialised Ray, else connects to ``address``, else starts a local
     instance with every CPU (and shuts down only what it started).
     """
     ray = import_ray()
-    units = pending_units(cfg, preps, defenses, store, reporter, device)
+    cfg, store, reporter = scope.cfg, scope.store, scope.reporter
+    units = pending_units(scope, preps)
     if not units:
         return
     started = _init_ray(ray, address)
     pending: dict[Any, tuple] = {}
     try:
-        gpu = torch.device(device).type == "cuda"
+        gpu = torch.device(scope.device).type == "cuda"
         env = {k: os.environ[k] for k in SHARED_ENV if k in os.environ}
         cpus = _cpus_per_task(ray, len(units))
         task = ray.remote(run_unit).options(
             num_cpus=cpus, num_gpus=1 if gpu else 0, runtime_env={"env_vars": env}
         )
         cfg_data = cfg.model_dump(mode="json")
-        where = (str(out_dir.resolve()), os.getcwd(), cpus, run_id)
+        where = (str(scope.out_dir.resolve()), os.getcwd(), cpus, scope.run_id)
         for unit in units:
             pending[task.remote(cfg_data, unit, *where)] = unit
         reporter.describe(f"ray: 0/{len(units)} units done")

@@ -20,9 +20,8 @@ from ...defenses import parse_defense
 from ...extractors.cache import FeatureCache
 from ...progress import Reporter
 from ..cell import RunScope, unit_cells
-from ..config import Config, load_config
+from ..config import load_config
 from ..prepare import prepare, resolve_device, victim_config
-from ..results import ResultsStore
 
 
 class RowCollector:
@@ -86,19 +85,18 @@ def run_unit(
     return sink.rows
 
 
-def pending_units(
-    cfg: Config, preps: list, defenses: list, store: ResultsStore, reporter: Reporter, device: Any
-) -> list[UnitJob]:
+def pending_units(scope: RunScope, preps: list) -> list[UnitJob]:
     """The units with cells left to compute, each with the cells already done and its cell
     count; finished units only advance the progress."""
-    units = []
+    cfg, units = scope.cfg, []
     for prep in preps:
         si, ei = cfg.settings.index(prep.setting), cfg.extractors.index(prep.ext_cfg)
         for seed in cfg.seeds:
-            cells = [c["cell_id"] for c in unit_cells(prep, cfg, seed, defenses, device)]
-            done = frozenset(c for c in cells if store.has(c))
+            planned = unit_cells(prep, cfg, seed, scope.defenses, scope.device)
+            cells = [c["cell_id"] for c in planned]
+            done = frozenset(c for c in cells if scope.store.has(c))
             if len(done) == len(cells):
-                reporter.advance(len(cells))  # resume: nothing left in this unit
+                scope.reporter.advance(len(cells))  # resume: nothing left in this unit
             else:
                 units.append(UnitJob(si, ei, prep.split_seed, seed, done, len(cells)))
     return units
