@@ -290,9 +290,13 @@ class AttackInfo:
 def _check_stop_rule(
     attack: str, params: dict[str, Any], allowed: dict[str, inspect.Parameter]
 ) -> None:
-    """The plateau rule's values (``tol``, ``window``, ``max_steps``) in range, up front."""
+    """The plateau rule's values (``tol``, ``window``, ``max_steps``, and ``patience`` where
+    the attack has it) in range, up front: the one parse-time path for every attack."""
     keys = ("tol", "window", "max_steps")
-    if not any(k in params for k in keys) or not all(k in allowed for k in keys):
+    if not all(k in allowed for k in keys):
+        return
+    keys += ("patience",) if "patience" in allowed else ()
+    if not any(k in params for k in keys):
         return
     values = {k: params.get(k, allowed[k].default) for k in keys}
     StopRule(**values).check(f"attack {attack!r}:")

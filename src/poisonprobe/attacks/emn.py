@@ -50,7 +50,6 @@ def _check(fraction: str, linf: float, step_size: float, max_rounds: int) -> Non
 
 def _validate(p: dict) -> None:
     _check(p["fraction"], p["linf"], p["step_size"], p["max_rounds"])
-    stop_rule("emn", p["tol"], p["window"], p["max_steps"], p["patience"])
 
 
 # long: rounds alternate a surrogate refit and min-noise PGD over one shared state and totals

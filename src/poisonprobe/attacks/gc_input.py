@@ -178,7 +178,6 @@ def gc_objective_fn(
 
 def _validate(p: dict) -> None:
     """Every gc-input value at parse time, through the checks the attack itself runs."""
-    stop_rule("gc-input", p["tol"], p["window"], p["max_steps"], p["patience"])
     _check(p["patience"], p["goal"], p["labels"], p["target"])
     check_optimizer(p["optimizer"])
     if p["lr"] is not None and not p["lr"] > 0:

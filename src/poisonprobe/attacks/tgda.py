@@ -317,8 +317,8 @@ def check_follower_args(
 
 
 def _validate_common(p: dict, who: str) -> None:
-    """What tgda and tgda-feature share: stop rule, follower, labels (parse time)."""
-    stop_rule(who, p["tol"], p["window"], p["max_steps"], p["patience"])
+    """What tgda and tgda-feature share: follower, labels, defence (parse time; the stop
+    rule is checked for every attack by ``AttackInfo.check_params``)."""
     _check_common(p["follower"], p["follower_steps"])
     check_follower_args(
         p["val_fraction"],
