@@ -187,6 +187,15 @@ def update_latest(latest: Path, line: str) -> None:
     latest.write_text("\n".join(text) + "\n")
 
 
+def measured(spec: dict, label: str) -> dict:
+    """One case in its own process, with the load average when it ended; logged to stderr."""
+    print(f"[scale] {label} ...", file=sys.stderr, flush=True)
+    r = run_case(spec)
+    r["load"] = load_average()
+    print(f"[scale]   {r}", file=sys.stderr, flush=True)
+    return r
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -232,11 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         for stages in [[st] for st in args.main_stages.split(",")]:
             spec = {**base, "k": args.k, "d": args.d, "n": args.n, "stages": stages}
             spec["tgda_steps"] = args.tgda_steps
-            print(f"[scale] main {stages} ...", file=sys.stderr, flush=True)
-            r = run_case(spec)
-            r["load"] = load_average()
-            print(f"[scale]   {r}", file=sys.stderr, flush=True)
-            main_rows.append(r)
+            main_rows.append(measured(spec, f"main {stages}"))
         fit = main_rows[0]
         lines += [f"### Main case: k={args.k}, d={args.d}, N={args.n}", "", HEADER]
         lines += [row(r) for r in main_rows]
@@ -267,11 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             for v in values:
                 spec = {**base, key: v, other: fixed, "d": args.sweep_d, "stages": ["tgda"]}
                 spec["tgda_steps"] = args.sweep_tgda_steps
-                print(f"[scale] sweep {name}={v} ...", file=sys.stderr, flush=True)
-                r = run_case(spec)
-                r["load"] = load_average()
-                print(f"[scale]   {r}", file=sys.stderr, flush=True)
-                rows.append(r)
+                rows.append(measured(spec, f"sweep {name}={v}"))
             ok = [r for r in rows if "error" not in r]
             lines += [f"### Scaling in {name} ({other}={fixed}, d={args.sweep_d})", "", HEADER]
             lines += [row(r) for r in rows]
