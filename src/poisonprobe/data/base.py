@@ -163,3 +163,25 @@ def get_loader(name: str, spec: str) -> Loader:
         known = ", ".join(sorted(_REGISTRY))
         raise DataError(f"unknown dataset {spec!r}; choose one of: {known}")
     return _REGISTRY[name][0]
+
+
+def class_names(names: object, n_classes: int, path: Path, max_classes: int) -> list[str]:
+    """Class names of a labelled array file: its ``classes`` array (one name per label at
+    least), else ``0..K-1`` (K = largest label + 1, refused above ``max_classes``: such labels
+    are ids, not class indices)."""
+    if names is not None:
+        import numpy as np
+
+        classes = [str(s) for s in np.asarray(names).reshape(-1).tolist()]
+        if len(classes) < n_classes:
+            raise DataError(
+                f"{path}: labels go up to {n_classes - 1} but classes has {len(classes)} names; "
+                "give one name per class"
+            )
+        return classes
+    if n_classes > max_classes:
+        raise DataError(
+            f"{path}: labels go up to {n_classes - 1}; use class indices 0..K-1 "
+            f"(at most {max_classes} classes without a classes array)"
+        )
+    return [str(i) for i in range(n_classes)]

@@ -32,7 +32,7 @@ import torch
 from .._io import atomic_write_bytes_via
 from ..domain import InputDomain, channel_stats
 from ..errors import DataError
-from .base import DatasetSplits, ImageDataset, register_dataset
+from .base import DatasetSplits, ImageDataset, class_names, register_dataset
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -537,24 +537,6 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         ) from None
 
 
-def _npz_classes(z: dict[str, np.ndarray], n_classes: int, path: Path) -> list[str]:
-    """Class names: the ``classes`` array, else ``0..K-1`` (K = largest label + 1)."""
-    if "classes" in z:
-        classes = [str(s) for s in np.asarray(z["classes"]).reshape(-1).tolist()]
-        if len(classes) < n_classes:
-            raise DataError(
-                f"{path}: labels go up to {n_classes - 1} but classes has {len(classes)} names; "
-                "give one name per class"
-            )
-        return classes
-    if n_classes > _MAX_CLASSES:
-        raise DataError(
-            f"{path}: labels go up to {n_classes - 1}; use class indices 0..K-1 "
-            f"(at most {_MAX_CLASSES} classes without a classes array)"
-        )
-    return [str(i) for i in range(n_classes)]
-
-
 def load_npz(path: Path) -> DatasetSplits:
     """Load and validate an ``.npz`` dataset (see module docstring)."""
     path = path.expanduser()
@@ -581,7 +563,8 @@ def load_npz(path: Path) -> DatasetSplits:
         raise DataError(f"{path}: images have {c} channels; use 1 (grey) or 3 (RGB)")
     y_tr = _npz_labels(z["y_train"], len(xs["x_train"]), "y_train", path)
     y_te = _npz_labels(z["y_test"], len(xs["x_test"]), "y_test", path)
-    classes = _npz_classes(z, int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1, path)
+    n_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
+    classes = class_names(z.get("classes"), n_classes, path, _MAX_CLASSES)
     nchw = {}
     for key, x in xs.items():
         t = torch.from_numpy(np.ascontiguousarray(x))

@@ -23,7 +23,7 @@ import torch
 
 from ...domain import InputDomain
 from ...errors import DataError
-from ..base import DatasetSplits, ImageDataset, register_dataset
+from ..base import DatasetSplits, ImageDataset, class_names, register_dataset
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 SUFFIXES = (".npz", ".safetensors", ".parquet")
@@ -172,20 +172,7 @@ def load_features(path: Path) -> DatasetSplits:
     y_tr = _labels(arrays["y_train"], len(x_tr), "y_train", path)
     y_te = _labels(arrays["y_test"], len(x_te), "y_test", path)
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
-    if "classes" in arrays:
-        classes = [str(s) for s in np.asarray(arrays["classes"]).reshape(-1).tolist()]
-        if len(classes) < n_classes:
-            raise DataError(
-                f"{path}: labels go up to {n_classes - 1} but classes has {len(classes)} names; "
-                "give one name per class"
-            )
-    elif n_classes > MAX_CLASSES:
-        raise DataError(
-            f"{path}: labels go up to {n_classes - 1}; use class indices 0..K-1 "
-            f"(at most {MAX_CLASSES} classes without a classes array)"
-        )
-    else:
-        classes = [str(i) for i in range(n_classes)]
+    classes = class_names(arrays.get("classes"), n_classes, path, MAX_CLASSES)
     domain = embedding_domain(int(x_tr.shape[1]))
     name = f"features:{path.stem}"
     return DatasetSplits(
