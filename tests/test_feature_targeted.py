@@ -407,25 +407,6 @@ def test_user_errors_are_config_errors(digits):
             info.fn(ctx, **bad)
 
 
-def test_in_place_adam_matches_torch_adam():
-    from poisonprobe.attacks.feature_gc import _Adam
-
-    gen = torch.Generator().manual_seed(4)
-    ours = torch.randn(5, 3, generator=gen, dtype=torch.float64)
-    ref = ours.clone().requires_grad_(True)
-    opt = torch.optim.Adam([ref], lr=0.1)
-    adam = _Adam(ours)
-    for t in range(6):
-        g = torch.randn(5, 3, generator=gen, dtype=torch.float64)
-        lr = 0.1 * (1.0 - t / 6)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        ref.grad = g.clone()
-        opt.step()
-        adam.step(g, lr)
-    assert torch.allclose(ours, ref.detach(), rtol=1e-12, atol=1e-14)
-
-
 def test_relabel_equals_brute_force_coordinate_descent():
     """Oracle: for each point in order, evaluate gc_loss under every label and keep the best."""
     z, y, head, clean, idx, wd = _blob_target(15)
