@@ -10,15 +10,15 @@ from scipy.special import lambertw
 from torch import nn
 
 from poisonprobe.attacks import AttackContext, get_attack
-from poisonprobe.attacks.feature_gc import feature_gc, relabel
-from poisonprobe.attacks.gc_objective import (
+from poisonprobe.attacks.ft.invert import decode, feature_match, train_decoder
+from poisonprobe.attacks.gc.feature import feature_gc, relabel
+from poisonprobe.attacks.gc.objective import (
     clean_gradient,
     gc_loss,
     gc_loss_and_grad,
     gc_residual,
 )
 from poisonprobe.attacks.gradpc import clean_loss, gradpc, radius_scale
-from poisonprobe.attacks.inversion import decode, feature_match, train_decoder
 from poisonprobe.attacks.poisonability import (
     FeatureBox,
     gap_intervals,

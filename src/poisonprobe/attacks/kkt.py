@@ -26,9 +26,9 @@ from ..head.objective import label_targets
 from ._feasible import check_defense_kind, defense_feasible_set
 from ._optim import Adam, Plateau, stop_rule
 from .base import AttackContext, PoisonKind, PoisonSet, register_attack
-from .feature_targeted import ft_feasible_target
-from .gc_input import induced_target
-from .gc_objective import GCLossAndGrad, clean_gradient
+from .ft.attack import ft_feasible_target
+from .gc.input import induced_target
+from .gc.objective import GCLossAndGrad, clean_gradient
 
 TARGETS = ("ft", "tgda-feature")
 

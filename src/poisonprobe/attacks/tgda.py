@@ -748,7 +748,7 @@ def _invert(
     ctx: AttackContext, z_target: torch.Tensor, idx: torch.Tensor, steps: int
 ) -> tuple[torch.Tensor, float]:
     """Feature matching from the clean start images (``attacks/inversion.py``), in the box."""
-    from .inversion import feature_match
+    from .ft.invert import feature_match
 
     start = ctx.train.x[idx].to(ctx.device)
     res = feature_match(

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..head.objective import LinearHead, label_targets
-from ._optim import Adam, Plateau, StopRule
-from .gc_objective import CleanGradient, GCLossAndGrad, gc_loss, gc_residual
-from .poisonability import FeatureBox
+from ...errors import ConfigError
+from ...head.objective import LinearHead, label_targets
+from .._optim import Adam, Plateau, StopRule
+from ..poisonability import FeatureBox
+from .objective import CleanGradient, GCLossAndGrad, gc_loss, gc_residual
 
 OPTIMIZERS = ("adam", "gd")
 LABEL_MODES = ("init", "optimal")

@@ -1,9 +1,9 @@
 """Input-space gradient canceling (``gc-input``): move poisoned *images* through the frozen
 extractor until their head gradients cancel the clean gradient at a target head ŵ.
 
-The objective is the shared ``gc_objective.gc_loss`` (closed-form head gradients), so each
+The objective is the shared ``gc/objective.gc_loss`` (closed-form head gradients), so each
 step costs one forward and one backward pass through ``f`` for the poisons only. The helpers
-every input-space attack shares live in ``common.py``.
+every input-space attack shares live in ``attacks/common.py``.
 """
 
 from __future__ import annotations
@@ -14,24 +14,24 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import ConfigError
-from ..head.config import VictimConfig
-from ..head.objective import LinearHead
-from ..head.solvers import newton_solve
-from ..shared_work import shared
-from ._optim import Plateau, stop_rule
-from .base import AttackContext, PoisonKind, PoisonSet, register_attack
-from .common import (
+from ...errors import ConfigError
+from ...head.config import VictimConfig
+from ...head.objective import LinearHead
+from ...head.solvers import newton_solve
+from ...shared_work import shared
+from .._optim import Plateau, stop_rule
+from ..base import AttackContext, PoisonKind, PoisonSet, register_attack
+from ..common import (
     PixelOptimizer,
     check_labels,
     check_optimizer,
     feature_loss_and_grad,
     init_poisons,
 )
-from .feature_targeted import ft_feasible_target
-from .gc_objective import clean_gradient, gc_loss
-from .gradpc import gradpc
-from .tgda import tgda_feature
+from ..ft.attack import ft_feasible_target
+from ..gradpc import gradpc
+from ..tgda import tgda_feature
+from .objective import clean_gradient, gc_loss
 
 # ---------------------------------------------------------------------------------------------
 # stage-1 target head: GradPC (attacks/gradpc.py), the one implementation FT uses too

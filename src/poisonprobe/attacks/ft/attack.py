@@ -2,14 +2,14 @@
 
 Stage 1 (``gradpc.py``) picks a target head ŵ: GradPC heads and heads that other attacks induce
 (label flip by default), filtered by the necessary reachability condition
-``eps_needed(ŵ) ≤ n_p/N`` (``poisonability.py``). Stage 2 (``feature_gc.py``) finds features ζ
+``eps_needed(ŵ) ≤ n_p/N`` (``poisonability.py``). Stage 2 (``gc/feature.py``) finds features ζ
 that make ŵ the victim's exact solution, once unconstrained (``ft-ideal``) and once inside the
 extractor's feasible feature box (``ft-feasible``). Because the condition is only necessary, the
 best few candidates are *verified*: the attacker retrains the victim on clean ∪ ζ (it knows the
 recipe; only training data is used) and keeps the candidate with the lowest clean-train accuracy.
 The label-flip-induced head is always a candidate (its own poisons attain it exactly), so done
 this way the FT attack does not lose to label flip on the training set. Stage 3
-(``inversion.py``) turns the feasible ζ into images: ``ft-decoder`` and ``ft-match``.
+(``invert.py``) turns the feasible ζ into images: ``ft-decoder`` and ``ft-match``.
 
 Stages 1–2 run once per (seed, eps, stage parameters) and are shared through ``ctx.memo`` by the
 four variants; the decoder is trained once per extractor and seed.
@@ -25,14 +25,14 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
-from ..head.config import VictimConfig
-from ..head.objective import LinearHead
-from ..head.train import train_head
-from ..shared_work import shared
-from ..threads import single_thread_if_small
-from ._optim import stop_rule
-from .base import (
+from ...errors import ConfigError
+from ...head.config import VictimConfig
+from ...head.objective import LinearHead
+from ...head.train import train_head
+from ...shared_work import shared
+from ...threads import single_thread_if_small
+from .._optim import stop_rule
+from ..base import (
     AttackContext,
     PoisonKind,
     PoisonSet,
@@ -41,9 +41,9 @@ from .base import (
     get_attack,
     register_attack,
 )
-from .feature_gc import LABEL_MODES, OPTIMIZERS, FeatureGCResult, feature_gc, relabel
-from .gc_objective import clean_gradient, gc_loss
-from .gradpc import (
+from ..gc.feature import LABEL_MODES, OPTIMIZERS, FeatureGCResult, feature_gc, relabel
+from ..gc.objective import clean_gradient, gc_loss
+from ..gradpc import (
     NORMS,
     InducedHead,
     Target,
@@ -52,8 +52,8 @@ from .gradpc import (
     radius_scale,
     search_targets,
 )
-from .inversion import MATCH_METHODS, Decoder, _project, decode, feature_match, train_decoder
-from .poisonability import FeatureBox
+from ..poisonability import FeatureBox
+from .invert import MATCH_METHODS, Decoder, _project, decode, feature_match, train_decoder
 
 STARTS = ("clean", "decoder")
 FT_VARIANTS = ("ideal", "feasible", "decoder", "match")
