@@ -27,8 +27,8 @@ from ._feasible import check_defense_kind, defense_feasible_set
 from ._optim import Adam, Plateau, stop_rule
 from .base import AttackContext, PoisonKind, PoisonSet, register_attack
 from .ft.attack import ft_feasible_target
-from .gc.input import induced_target
 from .gc.objective import GCLossAndGrad, clean_gradient
+from .targets import induced_target
 
 TARGETS = ("ft", "tgda-feature")
 
