@@ -3,6 +3,7 @@ errors, and ``auto`` choosing processes only where they pay."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 from conftest import HANG_GUARD_S
 
-from poisonprobe.errors import ConfigError
+from poisonprobe.errors import ConfigError, ResourceError
 from poisonprobe.experiment.backends.processes import (
     MIN_CELLS_PER_UNIT,
     check_workers,
@@ -68,6 +69,24 @@ def test_a_worker_error_ends_the_run_with_that_error(tmp_path, tiny_config):
     with pytest.raises(IndexError):
         run_jobs(cfg, [bad], where, 1, store, Reporter(quiet=True))
     assert not (tmp_path / "results.csv").exists()
+
+
+def _die(*_: object) -> int:
+    """A worker that dies the way the OOM killer ends one: no exception, no cleanup."""
+    os._exit(9)
+
+
+def test_a_killed_worker_ends_the_run_with_one_line_not_a_hang(tmp_path, tiny_config):
+    """multiprocessing.Pool replaced a dead worker and waited for its unit forever; the run
+    must stop with a one-line error that says how to resume."""
+    cfg = load_config(tiny_config).model_dump(mode="json")
+    job = UnitJob(setting_index=0, ext_index=0, split_seed=0, seed=0, done=frozenset(), n_cells=3)
+    where = (str(tmp_path), str(tmp_path), 1, "run")
+    store = ResultsStore(tmp_path / "results.csv")
+    with pytest.raises(ResourceError) as info:
+        run_jobs(cfg, [job, job], where, 2, store, Reporter(quiet=True), work=_die)
+    assert "worker process died" in str(info.value) and "\n" not in str(info.value)
+    assert "resume" in str(info.value)
 
 
 @pytest.mark.parametrize("value", [0, -2, "many", 1.5, True])

@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from poisonprobe.attacks import tgda
 from poisonprobe.bounds import loss_bound
 from poisonprobe.bounds.feasible import FeasibleSet
-from poisonprobe.head import objective
+from poisonprobe.head import curvature, objective, solvers
 from poisonprobe.head.curvature import HeadCurvature, exact_is_cheap
 from poisonprobe.head.objective import LinearHead, flat_objective
 from poisonprobe.head.solvers import newton_solve
@@ -37,6 +37,22 @@ def tiny_chunks(monkeypatch):
     """Chunks of 256 rows (the minimum) and of a few label pairs: several chunks per pass."""
     monkeypatch.setattr(objective, "CHUNK_ELEMENTS", 1)
     monkeypatch.setattr(loss_bound, "PAIR_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(solvers, "SMALL_FLOAT64_ELEMENTS", 0)  # Newton on float32 features
+
+
+def test_transposed_hvp_matches_the_matrix_and_the_chunked_rows(monkeypatch):
+    """Small problems take the transposed (d, n) path; it computes the same products."""
+    z, _ = _mixture(500, 12, 5)
+    head = _head(5, 12)
+    u = torch.randn(5 * 12 + 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    fast = HeadCurvature(head, z.double(), WD)
+    assert fast._zt is not None
+    torch.testing.assert_close(fast.hvp(u), fast.matrix() @ u, rtol=1e-10, atol=1e-12)
+    fast32 = HeadCurvature(head, z, WD, dtype=torch.float32)
+    monkeypatch.setattr(curvature, "TRANSPOSED_ELEMENTS", 0)
+    rows32 = HeadCurvature(head, z, WD, dtype=torch.float32)
+    assert rows32._zt is None
+    torch.testing.assert_close(fast32.hvp(u), rows32.hvp(u), rtol=1e-5, atol=1e-6)
 
 
 def test_auto_is_explicit_when_small_and_hessian_free_when_large():

@@ -33,6 +33,8 @@ from .config import VictimConfig
 from .curvature import HeadCurvature, feature_eig, kronecker_eig
 from .objective import LinearHead, flat_objective, gradient_norm, label_targets
 
+SMALL_FLOAT64_ELEMENTS = 2**22  # features up to which Newton keeps one float64 copy (32 MiB)
+
 
 def newton_solve(
     head: LinearHead,
@@ -52,11 +54,11 @@ def newton_solve(
     ``feature_eig``-like decomposition to reuse for the preconditioner.
     """
     k, d = head.weight.shape
-    # the features as given (float32 stays float32: flat_objective sums in float64 chunk by
+    # large features as given (float32 stays float32: flat_objective sums in float64 chunk by
     # chunk, the inner CG runs on float32 anyway): no float64 copy of an (N, d) matrix
     zd = z.detach().to(head.weight.device)
-    if not zd.dtype.is_floating_point:
-        zd = zd.to(torch.float64)
+    if not zd.dtype.is_floating_point or zd.numel() <= SMALL_FLOAT64_ELEMENTS:
+        zd = zd.to(torch.float64)  # small: one float64 copy, not one per evaluation
     yoh = y.long().to(zd.device)  # labels: no (N, k) one-hot
     theta = head.flat().detach().clone()
     loss, g = flat_objective(theta, zd, yoh, wd, k)
@@ -67,7 +69,7 @@ def newton_solve(
             break
         eig = feature_eig(zd) if eig is None else eig
         now = LinearHead.from_flat(theta, k, d)
-        t = None
+        found = None
         # gradient and line search in float64; the inner CG on float32 curvature first
         # (inexact Newton needs the step only to the CG tolerance, ≥ 1e-5 relative), float64
         # when that step fails (a softmax saturated in float32 at a tiny weight decay)
@@ -75,15 +77,26 @@ def newton_solve(
             if dtype not in z_as:  # converted once per solve, not once per Newton step
                 z_as[dtype] = zd.to(dtype)
             curv = HeadCurvature(now, z_as[dtype], wd, eig, dtype)
-            step = curv.solve_cg(g, iters=cg_iters, tol=min(0.5, math.sqrt(gnorm)))
-            t = _backtrack(theta, step, g, loss, lambda th: flat_objective(th, zd, yoh, wd, k)[0])
-            if t is not None:
+            step = curv.solve_cg(g, iters=cg_iters, tol=forcing_term(gnorm, tol))
+            found = _backtrack(
+                theta, step, g, loss, lambda th, grad: flat_objective(th, zd, yoh, wd, k, grad)
+            )
+            if found is not None:
                 break
-        if t is None:  # no descent direction even in float64: as exact as it gets
+        if found is None:  # no descent direction even in float64: as exact as it gets
             break
+        t, loss, g_new = found
         theta = theta - t * step
-        loss, g = flat_objective(theta, zd, yoh, wd, k)
+        g = g_new if g_new is not None else flat_objective(theta, zd, yoh, wd, k)[1]
     return LinearHead.from_flat(theta, k, d)
+
+
+def forcing_term(gnorm: float, tol: float) -> float:
+    """The relative CG tolerance of a Newton step at gradient norm ``gnorm``: ``√||g||``
+    (superlinear convergence), but never tighter than the step needs to bring ``||g||``
+    under ``tol`` (half of it, for the model error): on the default tgda follower the last
+    Newton step of each solve otherwise over-solves."""
+    return min(0.5, max(math.sqrt(gnorm), 0.5 * tol / gnorm))
 
 
 def _backtrack(
@@ -91,16 +104,19 @@ def _backtrack(
     step: torch.Tensor,
     g: torch.Tensor,
     loss: float,
-    objective: Callable[[torch.Tensor], float],
-) -> float | None:
-    """Armijo step length along ``-step`` (halving from 1), or None if there is none."""
+    objective: Callable[[torch.Tensor, bool], tuple[float, torch.Tensor | None]],
+) -> tuple[float, float, torch.Tensor | None] | None:
+    """Armijo step length along ``-step`` (halving from 1) with the objective there and, for
+    the full step (the usual case near the optimum), its gradient, computed in the same pass;
+    None if there is no such step."""
     if not bool(torch.isfinite(step).all()):
         return None
     slope = float(g @ step)
     t = 1.0
     while t > 1e-10:
-        if objective(theta - t * step) <= loss - 1e-4 * t * slope:
-            return t
+        value, grad = objective(theta - t * step, t == 1.0)
+        if value <= loss - 1e-4 * t * slope:
+            return t, value, grad
         t *= 0.5
     return None
 

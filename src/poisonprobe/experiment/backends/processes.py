@@ -5,7 +5,8 @@ so one process leaves the other cores idle; a worker per (setting, extractor, se
 each with ``cores // workers`` threads, uses them. Workers send each row through a queue as
 its cell finishes and only the driver appends to ``results.csv`` (atomic, resumable: an
 interrupted run keeps every row that reached the driver). A worker's error ends the run
-with that error (a ``PoisonProbeError`` stays one line).
+with that error (a ``PoisonProbeError`` stays one line); a worker that dies (killed, out of
+memory) ends it with a one-line ``ResourceError`` instead of a hang.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from ...errors import ConfigError
+from ...errors import ConfigError, ResourceError
 from ...progress import Reporter
 from ..cell import RunScope
 from ..results import ResultsStore
@@ -95,25 +99,54 @@ def run_jobs(
     workers: int,
     store: ResultsStore,
     reporter: Reporter,
+    work: Callable[..., int] = _work,
 ) -> None:
     """The pool: ``units`` on ``workers`` spawned processes, each row appended as it lands;
-    the first worker error is re-raised here (and the pool terminated)."""
+    the first worker error is re-raised here and the other workers are stopped. A worker that
+    dies without an error (killed, out of memory) ends the run with a one-line
+    ``ResourceError``; the rows that reached the driver stay, so rerunning resumes."""
     context = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
     rows = context.Queue()
-    with context.Pool(workers, initializer=_init_worker, initargs=(rows,)) as pool:
-        jobs = [pool.apply_async(_work, (cfg_data, unit, *where)) for unit in units]
-        expected, received = None, 0
+    pool = ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(rows,))
+    try:
+        jobs = [pool.submit(work, cfg_data, unit, *where) for unit in units]
         reporter.describe(f"{len(units)} units on {workers} worker processes")
+        expected, received = None, 0
         while expected is None or received < expected:
             try:
                 row = rows.get(timeout=0.2)
             except queue.Empty:
-                for job in jobs:
-                    if job.ready() and not job.successful():
-                        job.get()  # re-raises the worker's error (the pool then terminates)
-                if all(job.ready() for job in jobs):
-                    expected = sum(job.get() for job in jobs)
+                failed = next((j for j in jobs if j.done() and j.exception() is not None), None)
+                if failed is not None:
+                    _reraise(failed.exception())
+                if all(job.done() for job in jobs):
+                    expected = sum(job.result() for job in jobs)
                 continue
             store.append(row)
             reporter.advance()
             received += 1
+    finally:
+        _stop(pool)
+
+
+def _reraise(err: BaseException | None) -> None:
+    """A worker's own error as it is; a pool broken by a dead worker as a one-line error."""
+    if isinstance(err, BrokenProcessPool):
+        raise ResourceError(
+            "a worker process died without an error (killed, or out of memory); the rows "
+            "written so far are kept: rerun the same command to resume, with --workers 1 "
+            "if memory is short"
+        ) from None
+    raise err  # type: ignore[misc]
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Shut the pool down now: queued units are cancelled and running workers terminated
+    (after an error their rows would be computed for nobody)."""
+    processes = list(getattr(pool, "_processes", {}).values())  # no public handle to them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=5)
