@@ -32,6 +32,14 @@ class SharedWork(dict):
         return total
 
 
+def offer(memo: dict[Any, Any], key: Hashable, value: Any, seconds: float) -> None:
+    """Leave ``value`` (what cost its maker ``seconds``, already billed to it) for later
+    ``shared`` calls; not marked used, so the maker is not billed twice."""
+    memo[key] = value
+    if isinstance(memo, SharedWork):
+        memo.seconds[key] = seconds
+
+
 def shared(memo: dict[Any, Any], key: Hashable, compute: Callable[[], T]) -> T:
     """``memo[key]``, computing it once with ``compute()``; a plain dict works too (tests)."""
     if key not in memo:

@@ -130,6 +130,14 @@ class AttackContext:
         key = f"{self.seed}|{self.threat.eps}|{self.threat.regime}|{salt}"
         return torch.Generator().manual_seed(_stable_hash(key))
 
+    def result_key(self, attack: str, params: dict[str, Any]) -> tuple:
+        """The memo key of the poisons ``attack`` with ``params`` makes in this context: a
+        feature-space attack's row and FT's inversion source (``source: tgda-feature``) are
+        one computation, done once per unit (same seed, eps and regime: same poisons)."""
+        threat = self.threat
+        knobs = repr(sorted(params.items()))
+        return ("attack", attack, knobs, id(self.z_train), self.seed, threat.eps, threat.regime)
+
     def encode(self, x: torch.Tensor, grad: bool = False) -> torch.Tensor:
         """Features of images ``x`` in batches (with autograd when ``grad``)."""
         outs = []

@@ -27,7 +27,7 @@ from ..report.plots import (
     save_feature_projection,
     save_poison_grid,
 )
-from ..shared_work import SharedWork
+from ..shared_work import SharedWork, offer, shared
 from ..threads import single_thread_if_small
 from .certify import BOUND, bound_rows
 from .config import AttackSpec, Config
@@ -343,8 +343,14 @@ class UnitRun:
         work = prep.z_train.numel()
         if info.regimes != ("feature",):
             work = max(work, prep.target.train.x.numel())
+        key = ctx.result_key(spec.name, spec.params)
         with single_thread_if_small(work, prep.z_train.device):
-            poison = info.fn(ctx, **spec.params)
+            if key in self.memo:  # FT computed these poisons as its inversion source
+                poison = shared(self.memo, key, lambda: info.fn(ctx, **spec.params))
+            else:
+                poison = info.fn(ctx, **spec.params)
+                if poison.kind is PoisonKind.FEATURES:  # small: kept for FT's sources
+                    offer(self.memo, key, poison, time.perf_counter() - t0)
         return poison, time.perf_counter() - t0, self.memo.take_used()
 
     def save_projection(self) -> None:

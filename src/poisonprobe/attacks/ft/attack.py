@@ -376,12 +376,14 @@ def _inversion_source(ctx: AttackContext, source: str, pick: _Stage2Outcome) -> 
 
 
 def _feature_source(ctx: AttackContext, name: str) -> _Source:
-    """Run a feature-regime attack once per (seed, eps) and verify it by retraining."""
+    """Run a feature-regime attack once per (seed, eps) and verify it by retraining. Its
+    poisons are those of the attack's own row (with default parameters) in the same unit:
+    whichever runs first computes them, the other reuses them."""
     key = ("ft/source", name, id(ctx.z_train), ctx.seed, ctx.threat.eps)
+    sub = replace(ctx, threat=replace(ctx.threat, regime="feature"))
+    poison = shared(ctx.memo, sub.result_key(name, {}), lambda: get_attack(name).fn(sub))
 
     def compute() -> _Source:
-        sub = replace(ctx, threat=replace(ctx.threat, regime="feature"))
-        poison = get_attack(name).fn(sub)
         if poison.kind is not PoisonKind.FEATURES or poison.z is None:
             raise ConfigError(f"FT source={name!r} returned no injected features; use 'gc'")
         z_p, y_p = poison.z.to(ctx.z_train), poison.y.to(ctx.z_train.device).long()
