@@ -48,7 +48,7 @@ def double_backprop_gc(
 ) -> GCRun:
     """Predecessor-style GC on poison features until the relative objective < ``threshold``.
 
-    The objective is the one poisonprobe minimises (``gc_objective.gc_loss``): the victim's
+    The objective is the one poisonprobe minimises (``gc/objective.gc_loss``): the victim's
     summed gradient ``Σ_c ∇CE + Σ_p ∇CE + wd·N_t·W`` relative to its clean part. The clean
     part does not depend on the poisons, so it is computed once (this only helps the baseline);
     the poison part is differentiated twice on every step. The cosine schedule spans

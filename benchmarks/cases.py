@@ -31,10 +31,11 @@ from harness import (
 )
 
 from poisonprobe.attacks import AttackContext, get_attack
-from poisonprobe.attacks.feature_gc import feature_gc
-from poisonprobe.attacks.gc_objective import clean_gradient, gc_loss
-from poisonprobe.attacks.gradpc import evaluate_target, gradpc, radius_scale
+from poisonprobe.attacks.gc.feature import feature_gc
+from poisonprobe.attacks.gc.objective import clean_gradient, gc_loss
+from poisonprobe.attacks.gradpc import gradpc, radius_scale
 from poisonprobe.attacks.poisonability import FeatureBox
+from poisonprobe.attacks.targets import evaluate_target
 from poisonprobe.attacks.tgda import FollowerProblem, total_gradient_surrogate
 from poisonprobe.extractors.cache import FeatureCache, encode_batched
 from poisonprobe.head.config import VictimConfig

@@ -137,9 +137,9 @@ MAX_LINES = 60
 LONG_FUNCTIONS = {
     # (module path under src/poisonprobe, function): each carries a `# long:` reason comment
     ("attacks/emn.py", "emn"),
-    ("attacks/feature_gc.py", "feature_gc"),
-    ("attacks/feature_targeted.py", "__call__"),  # FeatureTargeted.__call__
-    ("attacks/inversion.py", "feature_match"),
+    ("attacks/gc/feature.py", "feature_gc"),
+    ("attacks/ft/attack.py", "__call__"),  # FeatureTargeted.__call__
+    ("attacks/ft/invert.py", "feature_match"),
     ("attacks/kkt.py", "kkt"),
     ("attacks/tgda.py", "tgda"),
     ("attacks/tgda.py", "tgda_feature"),

@@ -236,7 +236,7 @@ def test_ft_auto_keeps_the_source_whose_images_hurt_the_attackers_victim_most(ti
     """``auto`` ranks sources after inversion: each candidate's images are encoded and the
     victim retrained on them; the kept one has the lowest clean-train accuracy, and inverting
     that source by name gives the same images."""
-    from poisonprobe.attacks.feature_targeted import attacker_train_acc
+    from poisonprobe.attacks.ft.attack import attacker_train_acc
 
     ctx = _ctx(tiny, regime="box")
     fast = dict(max_tries=1, decoder_steps=20, match_steps=3, gradpc_steps=10, max_steps=60)

@@ -10,15 +10,15 @@ from scipy.special import lambertw
 from torch import nn
 
 from poisonprobe.attacks import AttackContext, get_attack
-from poisonprobe.attacks.feature_gc import feature_gc, relabel
-from poisonprobe.attacks.gc_objective import (
+from poisonprobe.attacks.ft.invert import decode, feature_match, train_decoder
+from poisonprobe.attacks.gc.feature import feature_gc, relabel
+from poisonprobe.attacks.gc.objective import (
     clean_gradient,
     gc_loss,
     gc_loss_and_grad,
     gc_residual,
 )
 from poisonprobe.attacks.gradpc import clean_loss, gradpc, radius_scale
-from poisonprobe.attacks.inversion import decode, feature_match, train_decoder
 from poisonprobe.attacks.poisonability import (
     FeatureBox,
     gap_intervals,
@@ -405,25 +405,6 @@ def test_user_errors_are_config_errors(digits):
     for bad in bad_params:
         with pytest.raises(ConfigError):
             info.fn(ctx, **bad)
-
-
-def test_in_place_adam_matches_torch_adam():
-    from poisonprobe.attacks.feature_gc import _Adam
-
-    gen = torch.Generator().manual_seed(4)
-    ours = torch.randn(5, 3, generator=gen, dtype=torch.float64)
-    ref = ours.clone().requires_grad_(True)
-    opt = torch.optim.Adam([ref], lr=0.1)
-    adam = _Adam(ours)
-    for t in range(6):
-        g = torch.randn(5, 3, generator=gen, dtype=torch.float64)
-        lr = 0.1 * (1.0 - t / 6)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        ref.grad = g.clone()
-        opt.step()
-        adam.step(g, lr)
-    assert torch.allclose(ours, ref.detach(), rtol=1e-12, atol=1e-14)
 
 
 def test_relabel_equals_brute_force_coordinate_descent():

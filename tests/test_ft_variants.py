@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_setup
 
 from poisonprobe.attacks import AttackContext, PoisonKind, get_attack
-from poisonprobe.attacks.feature_targeted import FT_DEFAULTS, FeatureTargeted
+from poisonprobe.attacks.ft.attack import FT_DEFAULTS, FeatureTargeted
 from poisonprobe.errors import ConfigError
 
 FT_PARAMS = {

@@ -15,7 +15,8 @@ from conftest import tiny_setup
 
 from poisonprobe.attacks import AttackContext, ThreatModel, get_attack
 from poisonprobe.attacks.common import PixelOptimizer, feature_loss_and_grad
-from poisonprobe.attacks.gc_input import gc_objective_fn, target_head
+from poisonprobe.attacks.gc.input import gc_objective_fn
+from poisonprobe.attacks.targets import target_head
 from poisonprobe.attacks.tgda import (
     FollowerProblem,
     follower_update,

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from poisonprobe.experiment.results import COLUMNS, ResultsStore, read_results, wilson_interval
+from poisonprobe.experiment.results import COLUMNS, ResultsStore, wilson_interval
 from poisonprobe.report.markdown import noise_level_cells, write_report
+from poisonprobe.report.schema import read_results
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 40), (1, 40), (20, 40), (39, 40), (40, 40), (437, 450)])

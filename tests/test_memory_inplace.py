@@ -12,7 +12,7 @@ import torch
 from poisonprobe.attacks.base import AttackContext, ThreatModel
 from poisonprobe.attacks.common import PixelOptimizer, cosine_lr
 from poisonprobe.attacks.emn import emn_project_
-from poisonprobe.attacks.inversion import Decoder, decode, feature_match
+from poisonprobe.attacks.ft.invert import Decoder, decode, feature_match
 from poisonprobe.data.base import ImageDataset
 from poisonprobe.domain import InputDomain
 from poisonprobe.head.config import VictimConfig
@@ -116,7 +116,7 @@ def test_decode_equals_concatenated_batches():
 
 def _reference_feature_match(extractor, zeta, start, domain, linf, steps, lr, method, bs):
     """feature_match as it was before the in-place rewrite."""
-    from poisonprobe.attacks.inversion import _project
+    from poisonprobe.attacks.ft.invert import _project
 
     target = zeta.detach().float()
     center = start.detach().float()

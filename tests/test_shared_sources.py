@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_setup
 
 from poisonprobe.attacks import AttackContext, PoisonKind, PoisonSet, base
-from poisonprobe.attacks.feature_targeted import _feature_source
+from poisonprobe.attacks.ft.attack import _feature_source
 from poisonprobe.shared_work import SharedWork, offer, shared
 
 

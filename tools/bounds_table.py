@@ -17,6 +17,8 @@ import argparse
 
 import pandas as pd
 
+from poisonprobe.report.schema import read_results
+
 OUTSIDE_THE_BOX = ("ft-ideal",)
 
 
@@ -49,7 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results")
     args = ap.parse_args()
-    print("\n".join(rows(pd.read_csv(args.results))))
+    print("\n".join(rows(read_results(args.results))))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from poisonprobe.report.schema import flags, read_results
 from poisonprobe.report.stats import mean_ci
 
 INPUT = ("gc-input", "tgda", "tgda-aware")  # input-space attacks (valid images: box regime)
@@ -118,7 +119,7 @@ def drops_table(df: pd.DataFrame) -> list[str]:
                 for defense in ("none", "sphere+slab"):
                     cell = rows[(rows.setting == setting) & (rows.defense == defense)]
                     mean, half = mean_ci(100 * cell["drop"])
-                    capped = (cell["converged"].astype(str) == "False").any()
+                    capped = bool(flags(cell["converged"]).eq(False).fillna(False).any())
                     text = f"{mean:.1f} ± {half:.1f}" + ("*" if capped else "")
                     if defense != "none":
                         text += f" ({100 * cell['poison_removed'].fillna(0).mean():.0f} %)"
@@ -131,7 +132,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results")
     args = ap.parse_args()
-    df = pd.read_csv(args.results)
+    df = read_results(args.results)
     print("| finding | where | paired difference, pt (mean ± 95% CI over seeds) | verdict |")
     print("|---|---|---|---|")
     for row in findings(df):

@@ -18,6 +18,7 @@ import argparse
 
 import pandas as pd
 
+from poisonprobe.report.schema import flags, read_results
 from poisonprobe.report.stats import mean_ci
 
 KEY = ["setting", "attack", "regime", "eps"]
@@ -43,15 +44,15 @@ def table(new: pd.DataFrame, old: pd.DataFrame | None) -> list[str]:
             hit = old[(old[KEY] == pd.Series(key, index=KEY)).all(axis=1)]
             before = _cell(hit["drop"]) if len(hit) else "–"
         steps = rows["attack_steps"].dropna()
-        conv = rows["converged"].astype(str)
-        iterative = conv.isin(["True", "False"])
+        conv = flags(rows["converged"])  # <NA> for the non-iterative attacks
+        iterative = conv.notna()
         cells = [
             *[str(k) if not isinstance(k, float) else f"{k:g}" for k in key],
             before,
             _cell(rows["drop"]),
             str(rows["seed"].nunique()),
             f"{steps.mean():.0f}" if len(steps) else "",
-            f"{(conv == 'True').sum()}/{iterative.sum()}" if iterative.any() else "",
+            f"{int(conv.fillna(False).sum())}/{iterative.sum()}" if iterative.any() else "",
             f"{rows['attack_seconds'].mean():.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -63,10 +64,11 @@ def main() -> None:
     parser.add_argument("results", nargs="+", help="results.csv files of the new code")
     parser.add_argument("--old", help="results.csv of the old code's sweep")
     args = parser.parse_args()
-    new = pd.concat([pd.read_csv(p) for p in args.results], ignore_index=True)
+    new = pd.concat([read_results(p) for p in args.results], ignore_index=True)
     dupes = new.duplicated(KEY + ["seed", "defense"])
     if dupes.any():
         raise SystemExit(f"{int(dupes.sum())} rows appear in more than one results file")
+    # the old code's file predates columns read_results requires (extractor_seed, split_seed)
     old = pd.read_csv(args.old) if args.old else None
     if old is not None:
         old = old[(old["attack"] != "none") & (old["defense"] == "none")]

@@ -130,8 +130,8 @@ def certify(
 ) -> None:
     """Only the certified bounds (bounds: [loss, dpa]; both if the config lists none)."""
     from .experiment.certify_cmd import certify_only
-    from .experiment.results import read_results
     from .report.markdown import bound_table, markdown_table
+    from .report.schema import read_results
 
     _setup_logging(verbose)
     out_dir = certify_only(config, out=out, quiet=quiet)
@@ -273,7 +273,8 @@ def export(
         write_imagefolder,
         write_npz,
     )
-    from .experiment.results import read_results, replicate
+    from .experiment.results import replicate
+    from .report.schema import read_results
 
     if fmt not in ("npz", "imagefolder"):
         raise ConfigError(f"--format {fmt!r} is unknown; use npz or imagefolder")

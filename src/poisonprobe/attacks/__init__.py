@@ -5,7 +5,7 @@ The registry (``base.py``) is filled here, by importing every attack module: imp
 """
 
 # registration: each attack module registers itself on import (each imports base)
-from . import baselines, emn, feature_targeted, gc_input, kkt, min_max, tgda  # noqa: F401
+from . import baselines, emn, kkt, min_max, tgda  # noqa: F401
 from .base import (
     REGIMES,
     AttackContext,
@@ -18,6 +18,8 @@ from .base import (
     get_attack,
     register_attack,
 )
+from .ft import attack as ft_attack  # noqa: F401
+from .gc import input as gc_input  # noqa: F401
 
 __all__ = [
     "REGIMES",

@@ -1,5 +1,5 @@
-"""One stopping rule for every iterative attack and stage: run until the attack's own
-objective stops improving, not for a fixed number of steps.
+"""What every iterative attack shares: one stopping rule (run until the attack's own
+objective stops improving, not for a fixed number of steps) and one Adam on bare tensors.
 
 A fixed step count understates what an attack does whenever its objective is still moving at
 the last step (tgda-feature: 20 → 100 leader steps moved a default cell from 13.3 to 19.3 pt).
@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from ..errors import ConfigError
 
@@ -54,6 +56,61 @@ class StopRule:
 def stop_rule(who: str, tol: float, window: int, max_steps: int, patience: int = 0) -> StopRule:
     """A validated ``StopRule`` (the attacks' keyword arguments, checked up front)."""
     return StopRule(tol=tol, window=window, max_steps=max_steps, patience=patience).check(who)
+
+
+class Adam:
+    """The attacks' one Adam: moment estimates for one bare tensor (poisoned images or
+    features), updated in place. With closed-form or batched gradients a step is a handful of
+    ops, where ``torch.optim.Adam``'s bookkeeping would cost more than the gradient itself;
+    modules' parameters (a generator, a decoder) use ``torch.optim`` instead.
+
+    ``eps``: each caller's own (its results depend on it). ``weights``: the new gradient's
+    weight in the two running averages, ``1 - beta`` by default; tgda and kkt pass the decimal
+    ``(0.1, 0.001)``, which is not ``1 - 0.9`` in float64's last bit, to keep their results
+    bit-identical. Two ways to apply the moments: ``direction`` (the textbook m̂ / (√v̂ + eps),
+    a fresh tensor the caller scales, signs and projects) and ``step_`` (PyTorch's form, in
+    place). ``reset`` forgets the moments and the bias-correction count (after a restart the
+    first step is then almost a sign step).
+    """
+
+    def __init__(
+        self,
+        like: torch.Tensor,
+        eps: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weights: tuple[float, float] | None = None,
+    ) -> None:
+        self.b1, self.b2 = betas
+        self.w1, self.w2 = weights if weights is not None else (1 - self.b1, 1 - self.b2)
+        self.eps = eps
+        self.m = torch.zeros_like(like)
+        self.v = torch.zeros_like(like)
+        self.t = 0  # steps since the start or the last reset (bias correction)
+
+    def reset(self) -> None:
+        """Fresh moments and bias correction (the remedy for steps that keep overshooting)."""
+        self.m.zero_()
+        self.v.zero_()
+        self.t = 0
+
+    def _update(self, grad: torch.Tensor) -> None:
+        self.t += 1
+        self.m.mul_(self.b1).add_(grad, alpha=self.w1)
+        self.v.mul_(self.b2).addcmul_(grad, grad, value=self.w2)
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        """m̂ / (√v̂ + eps) after taking ``grad`` into the moments: a fresh tensor, computed in
+        one buffer beside the denominator (two temporaries the size of the tensor)."""
+        self._update(grad)
+        denom = torch.div(self.v, 1 - self.b2**self.t).sqrt_().add_(self.eps)
+        return torch.div(self.m, 1 - self.b1**self.t).div_(denom)
+
+    def step_(self, param: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+        """``param`` one descent step of ``lr`` along ``grad``, in place, exactly as
+        ``torch.optim.Adam`` computes it (eps added to √v before the bias correction of m)."""
+        self._update(grad)
+        denom = (self.v.sqrt() / math.sqrt(1.0 - self.b2**self.t)).add_(self.eps)
+        param.addcdiv_(self.m, denom, value=-lr / (1.0 - self.b1**self.t))
 
 
 def check_growth(factor: float, who: str) -> float:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import ConfigError
+from ._optim import Adam
 from .base import AttackContext
 from .baselines import most_confusable_labels
 
@@ -118,26 +119,15 @@ class PixelOptimizer:
         self.ctx, self.start, self.method, self.lr, self.steps = ctx, start, method, lr, steps
         self.x = ctx.threat.project_(x.detach().clone(), start)
         self.t = 0  # position in the cosine schedule
-        self.adam_t = 0  # Adam's bias-correction count (restarts reset it)
         self.scale = 1.0  # step-size multiplier (restarts halve it)
-        self.m = torch.zeros_like(self.x)
-        self.v = torch.zeros_like(self.x)
+        self.adam = Adam(self.x, eps=1e-12)
 
     def step(self, grad: torch.Tensor) -> torch.Tensor:
         """One descent step along ``grad`` (pass ``-grad`` to ascend)."""
         base = self.lr if self.steps is None else cosine_lr(self.lr, self.t, self.steps)
         lr = self.scale * base
         self.t += 1
-        self.adam_t += 1
-        if self.method == "sign":
-            upd = grad.sign()
-        else:  # upd = mhat / (sqrt(vhat) + 1e-12), the same operations in two buffers
-            b1, b2, t = 0.9, 0.999, self.adam_t
-            self.m.mul_(b1).add_(grad, alpha=1 - b1)
-            self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-            denom = torch.div(self.v, 1 - b2**t).sqrt_().add_(1e-12)
-            upd = torch.div(self.m, 1 - b1**t).div_(denom)
-            del denom
+        upd = grad.sign() if self.method == "sign" else self.adam.direction(grad)
         x = torch.sub(self.x, upd.mul_(lr), out=upd)  # x - lr * upd, into a fresh tensor
         self.x = self.ctx.threat.project_(x, self.start)
         return self.x
@@ -152,6 +142,4 @@ class PixelOptimizer:
         times ``factor`` and fresh Adam moments: the remedy when steps keep overshooting."""
         self.x = x
         self.scale *= factor
-        self.adam_t = 0
-        self.m.zero_()
-        self.v.zero_()
+        self.adam.reset()

@@ -1,31 +1,20 @@
-"""FT stage 1: the target head ŵ — GradPC and a reachability-constrained target search.
+"""GradPC, the ascent that makes target heads ŵ (the search among them is ``targets.py``).
 
 GradPC (gradient-based parameter corruption): start at the clean head θ₀ = (W₀, b₀), take
 normalised ascent steps on the clean training loss, ``a ← a + lr·g/‖g‖`` (L2) or
 ``a ← a + lr·sign(g)`` (L∞), and project ``a`` onto the ball of radius r; ŵ = θ₀ + a. Bigger r,
-lower accuracy, more poison needed.
-
-The target search maximises damage subject to the *necessary* reachability condition
-``eps_needed(ŵ) ≤ n_p / N`` (``poisonability.py``). Candidates: GradPC heads over a grid of radii,
-plus heads induced by other attacks (e.g. the victim trained on clean ∪ label-flip poisons,
-which is reachable by construction), each extended along its ray from θ₀ and by constrained
-ascent steps that stay reachable. Since the condition is only necessary, the caller verifies
-the best candidates with stage 2 and keeps the one that actually attains the lowest accuracy.
-Gradients are closed form (``victim.gradient_sums``); everything is batched on one device.
+lower accuracy, more poison needed. Gradients are closed form (``head.objective.gradient_sums``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import ConfigError
 from ..head.objective import LinearHead, gradient_sums
 from ._optim import Plateau, StopRule
-from .poisonability import FeatureBox, poisonability
 
 NORMS = ("l2", "linf")
 
@@ -111,164 +100,3 @@ def clean_loss_and_gradient(
 ) -> tuple[float, torch.Tensor]:
     """Mean clean cross-entropy (what the plateau rule watches) and its flat gradient."""
     return clean_loss(head, z, y), clean_loss_gradient(head, z, y)
-
-
-@dataclass(eq=False)
-class InducedHead:
-    """A head some attack induced, with the poisons that induced it (stage 2 starts there)."""
-
-    name: str
-    head: LinearHead
-    init_idx: torch.Tensor | None = None  # clean indices whose features the poisons used
-    init_y: torch.Tensor | None = None  # the poisons' labels
-    init_z: torch.Tensor | None = None  # the poisons' features
-    init_x: torch.Tensor | None = None  # the poisons' images when they are not clean copies
-
-
-@dataclass(eq=False)
-class Target:
-    """One candidate target head with its stage-1 diagnostics."""
-
-    head: LinearHead
-    source: str  # e.g. "gradpc-l2", "label-flip", "label-flip×1.5", "label-flip+ascent"
-    radius: float | None  # relative GradPC radius (None for attack-induced heads)
-    train_acc: float
-    train_loss: float
-    eps_needed: float
-    induced: InducedHead | None = None  # stage 2 starts from the inducing poisons when set
-    extras: dict[str, float] = field(default_factory=dict)
-
-    def reachable(self, n_poison: int, n_clean: int) -> bool:
-        return self.eps_needed * n_clean <= n_poison * (1 + 1e-9)
-
-
-def evaluate_target(
-    head: LinearHead,
-    z: torch.Tensor,
-    y: torch.Tensor,
-    weight_decay: float,
-    box: FeatureBox | None,
-    source: str,
-    radius: float | None = None,
-    induced: InducedHead | None = None,
-) -> Target:
-    """Accuracy, loss and poisonability of one candidate on the clean training features."""
-    p = poisonability(head, z, y, weight_decay, box)
-    return Target(
-        head=head,
-        source=source,
-        radius=radius,
-        train_acc=head.accuracy(z, y),
-        train_loss=clean_loss(head, z, y),
-        eps_needed=p.eps_needed,
-        induced=induced,
-        extras={"eps_direction": p.eps_direction, "eps_bias": p.eps_bias},
-    )
-
-
-def _along_ray(
-    at: Callable[[float], Target], n_poison: int, n: int, ray_max: float, iters: int
-) -> list[Target]:
-    """The largest reachable amplification t* ≤ ``ray_max`` of a seed head (bisection) and
-    the midpoint (1 + t*)/2, or nothing when no amplification is reachable."""
-    lo, hi = 1.0, ray_max
-    best: Target | None = at(hi)
-    if not best.reachable(n_poison, n):
-        best = None
-        for _ in range(iters):  # the largest reachable amplification
-            mid = 0.5 * (lo + hi)
-            cand = at(mid)
-            if cand.reachable(n_poison, n):
-                lo, best = mid, cand
-            else:
-                hi = mid
-    if best is None:
-        return []
-    return [best, at(0.5 * (1.0 + lo))]
-
-
-def search_targets(
-    clean_head: LinearHead,
-    z: torch.Tensor,
-    y: torch.Tensor,
-    weight_decay: float,
-    n_poison: int,
-    box: FeatureBox | None,
-    radii: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0),
-    norm: str = "l2",
-    steps: int = 50,
-    induced: tuple[InducedHead, ...] = (),
-    ray_max: float = 4.0,
-    ray_iters: int = 5,
-    ascent_steps: int = 6,
-) -> list[Target]:
-    """All candidates (GradPC radii, seeds, their extensions), best first.
-
-    Order: reachable before unreachable, then lowest clean-train accuracy, then highest loss.
-    Radii are relative to ``radius_scale(clean_head, norm)``. Each seed head θ_s is pushed along
-    its ray θ₀ + t(θ_s − θ₀): bisection finds the largest reachable t ≤ ``ray_max`` (the
-    attack's own direction, amplified as far as the budget allows), and t* and (1 + t*)/2 become
-    candidates; then constrained ascent steps from θ_s add one more.
-    """
-    z = z.to(torch.float64)
-    y = y.to(z.device)
-    head0 = clean_head.to(z.device, torch.float64)
-    n = int(z.shape[0])
-    unit = radius_scale(head0, norm)
-    out: list[Target] = []
-    for rel in radii:
-        head = gradpc(head0, z, y, rel * unit, norm=norm, steps=steps)
-        out.append(evaluate_target(head, z, y, weight_decay, box, f"gradpc-{norm}", rel))
-    theta0 = head0.flat()
-    k, d = head0.weight.shape
-    for seed in induced:
-        base = evaluate_target(
-            seed.head.to(z.device, torch.float64), z, y, weight_decay, box, seed.name, induced=seed
-        )
-        out.append(base)
-        delta = base.head.flat() - theta0
-
-        def at(t: float, seed: InducedHead = seed, delta: torch.Tensor = delta) -> Target:
-            head = LinearHead.from_flat(theta0 + t * delta, k, d)
-            return evaluate_target(
-                head, z, y, weight_decay, box, f"{seed.name}×{t:.3g}", induced=seed
-            )
-
-        if base.reachable(n_poison, n) and ray_iters > 0:
-            out.extend(_along_ray(at, n_poison, n, ray_max, ray_iters))
-        if ascent_steps > 0 and base.reachable(n_poison, n):
-            out.append(
-                _constrained_ascent(base, z, y, weight_decay, box, n_poison, ascent_steps, delta)
-            )
-    out.sort(key=lambda t: (not t.reachable(n_poison, n), t.train_acc, -t.train_loss))
-    return out
-
-
-def _constrained_ascent(
-    start: Target,
-    z: torch.Tensor,
-    y: torch.Tensor,
-    weight_decay: float,
-    box: FeatureBox | None,
-    n_poison: int,
-    steps: int,
-    delta: torch.Tensor,
-) -> Target:
-    """Normalised ascent on the clean loss that only accepts steps keeping eps_needed ≤ budget."""
-    n = int(z.shape[0])
-    k, d = start.head.weight.shape
-    theta = start.head.flat()
-    step = 0.25 * max(float(delta.norm()), 1e-12)
-    best = start
-    for _ in range(steps):
-        g = clean_loss_gradient(LinearHead.from_flat(theta, k, d), z, y)
-        cand_theta = theta + step * g / g.norm().clamp_min(1e-30)
-        head = LinearHead.from_flat(cand_theta, k, d)
-        cand = evaluate_target(
-            head, z, y, weight_decay, box, f"{start.source}+ascent", induced=start.induced
-        )
-        if cand.reachable(n_poison, n):
-            theta, best = cand_theta, cand
-        else:
-            step /= 2.0
-    return best

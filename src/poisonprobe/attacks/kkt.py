@@ -24,11 +24,11 @@ import torch
 from ..errors import ConfigError
 from ..head.objective import label_targets
 from ._feasible import check_defense_kind, defense_feasible_set
-from ._optim import Plateau, stop_rule
+from ._optim import Adam, Plateau, stop_rule
 from .base import AttackContext, PoisonKind, PoisonSet, register_attack
-from .feature_targeted import ft_feasible_target
-from .gc_input import induced_target
-from .gc_objective import GCLossAndGrad, clean_gradient
+from .ft.attack import ft_feasible_target
+from .gc.objective import GCLossAndGrad, clean_gradient
+from .targets import induced_target
 
 TARGETS = ("ft", "tgda-feature")
 
@@ -100,7 +100,7 @@ def kkt(
     step = lr * scale
     plateau = Plateau(rule, maximize=False, relative_to_start=True)
     best = zeta
-    m, v, t = torch.zeros_like(zeta), torch.zeros_like(zeta), 0
+    adam = Adam(zeta, eps=1e-12, weights=(0.1, 0.001))
     for _ in ctx.iterate(rule.max_steps, "kkt"):
         value, g_rows = loss_and_grad(zeta[rows], targets)
         if plateau.record(value):
@@ -108,16 +108,11 @@ def kkt(
         if plateau.done():
             break
         if plateau.restart_due():  # overshooting: back to the best points, half the step
-            zeta, step, t = best, step * 0.5, 0
-            m.zero_()
-            v.zero_()
+            zeta, step = best, step * 0.5
+            adam.reset()
             continue
         g = torch.zeros_like(zeta).index_add_(0, rows, g_rows)  # the copies' gradients add up
-        t += 1
-        m.mul_(0.9).add_(g, alpha=0.1)
-        v.mul_(0.999).addcmul_(g, g, value=0.001)
-        upd = (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-12)
-        zeta = feasible.project(zeta - step * upd, y_pts)
+        zeta = feasible.project(zeta - step * adam.direction(g), y_pts)
     z_out = best[rows].to(ctx.z_train.dtype)
     nearest = torch.cdist(z_out.float(), ctx.z_train.float()).argmin(1).cpu()
     info = {

@@ -1,7 +1,7 @@
 r"""Poisonability: a *necessary* budget ``eps_needed(ŵ)`` for a target head to be reachable.
 
 Setting. The victim minimises ``mean CE + (wd/2)||W||²`` over ``D_c ∪ D_p``; ŵ = (Ŵ, b̂) is its
-(unique) solution iff the residual vanishes (``gc_objective.py``):
+(unique) solution iff the residual vanishes (``gc/objective.py``):
 
     R_c + Σ_{j≤n_p} [ g(z_j, y_j) + wd·[Ŵ, 0] ] = 0,
     g(z, y) = ((p − e_y) zᵀ, p − e_y),  p = softmax(Ŵz + b̂),
@@ -66,7 +66,7 @@ from dataclasses import dataclass
 import torch
 
 from ..head.objective import LinearHead
-from .gc_objective import CleanGradient, clean_gradient
+from .gc.objective import CleanGradient, clean_gradient
 
 _SECTION_POINTS = 15  # interior points per multisection round
 _SECTION_ROUNDS = 14  # 16^14 ≈ 7e16: the bracket shrinks to rounding

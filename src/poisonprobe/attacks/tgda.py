@@ -43,7 +43,7 @@ from ..head.objective import LinearHead, gradient_sums, row_chunks, with_bias_co
 from ..head.solvers import newton_solve
 from ..threads import single_thread_if_small
 from ._feasible import check_defense_kind, defense_feasible_set
-from ._optim import Plateau, check_growth, stop_rule
+from ._optim import Adam, Plateau, check_growth, stop_rule
 from .base import AttackContext, PoisonKind, PoisonSet, register_attack
 from .common import (
     PixelOptimizer,
@@ -686,7 +686,7 @@ def tgda_feature(
     head = ctx.clean_head.to(ctx.z_train.device, torch.float64)
     stats: dict[str, float] = {}
     plateau = Plateau(rule, maximize=True)
-    adam = _AscentAdam(zp)
+    adam = Adam(zp, eps=1e-20, weights=(0.1, 0.001))  # ascent: its direction is added
     step = lr
     best_z, best_head = zp.clone(), head
     step_times: list[float] = []
@@ -744,31 +744,11 @@ def tgda_feature(
     )
 
 
-class _AscentAdam:
-    """Adam's direction (default betas) for a leader that restarts: ``reset`` zeroes the
-    moments and the bias-correction count, so the first step after a restart is a sign step."""
-
-    def __init__(self, like: torch.Tensor) -> None:
-        self.m, self.v, self.t = torch.zeros_like(like), torch.zeros_like(like), 0
-
-    def reset(self) -> None:
-        self.m.zero_()
-        self.v.zero_()
-        self.t = 0
-
-    def direction(self, g: torch.Tensor) -> torch.Tensor:
-        self.t += 1
-        self.m.mul_(0.9).add_(g, alpha=0.1)
-        self.v.mul_(0.999).addcmul_(g, g, value=0.001)
-        mhat = self.m / (1 - 0.9**self.t)
-        return mhat / ((self.v / (1 - 0.999**self.t)).sqrt() + 1e-20)
-
-
 def _invert(
     ctx: AttackContext, z_target: torch.Tensor, idx: torch.Tensor, steps: int
 ) -> tuple[torch.Tensor, float]:
     """Feature matching from the clean start images (``attacks/inversion.py``), in the box."""
-    from .inversion import feature_match
+    from .ft.invert import feature_match
 
     start = ctx.train.x[idx].to(ctx.device)
     res = feature_match(

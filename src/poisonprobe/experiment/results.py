@@ -15,10 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from .._io import atomic_write_bytes_via
-from ..errors import ConfigError, ResourceError, error_gist
+from ..errors import ResourceError
 
 KEY_COLUMNS = [
     "setting",
@@ -182,35 +180,6 @@ class ResultsStore:
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.path, buf.getvalue())
-
-    def frame(self) -> pd.DataFrame:
-        return read_results(self.path) if self.rows else pd.DataFrame(columns=COLUMNS)
-
-
-# what the report and `export` read; older files may lack the other columns
-REQUIRED_COLUMNS = [*KEY_COLUMNS, "source", "target", "n_poison", "clean_acc", "poisoned_acc"]
-NUMERIC_COLUMNS = ["eps", "seed", "n_poison", "clean_acc", "poisoned_acc"]
-
-
-def read_results(path: str | Path) -> pd.DataFrame:
-    """A run's ``results.csv``; a file that is not one raises a one-line ``ConfigError``."""
-    try:
-        df = pd.read_csv(path, keep_default_na=True)
-    except (OSError, ValueError, csv.Error) as err:  # pandas' parser errors are ValueErrors
-        raise ConfigError(
-            f"{path} is not a results table ({error_gist(err)}); pass the --out folder of a run"
-        ) from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise ConfigError(
-            f"{path} lacks the column(s) {', '.join(missing)}; it is not a poisonprobe results.csv"
-        )
-    for col in NUMERIC_COLUMNS:
-        if len(df) and not pd.api.types.is_numeric_dtype(df[col]):
-            raise ConfigError(
-                f"{path}: column {col!r} holds non-numbers; it is not a poisonprobe results.csv"
-            )
-    return df
 
 
 def atomic_write_text(path: Path, text: str) -> None:

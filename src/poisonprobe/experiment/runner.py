@@ -31,6 +31,7 @@ from ..report.plots import (
     plot_certified,
     plot_objective_traces,
 )
+from ..report.schema import read_results
 from .backends.local import run_local
 from .backends.processes import check_workers, resolve_workers, run_processes
 from .backends.ray import import_ray, run_ray
@@ -39,7 +40,7 @@ from .certify import dpa_rows
 from .config import Config, ExtractorConfig, SettingConfig, load_config
 from .plan import check_same_experiment, config_id
 from .prepare import Prepared, prepare, resolve_device, victim_config
-from .results import ResultsStore, atomic_write_text, discard_if_failed, read_results
+from .results import COLUMNS, ResultsStore, atomic_write_text, discard_if_failed
 
 log = logging.getLogger("poisonprobe")
 
@@ -136,7 +137,7 @@ def _run(
         else:
             run_local(scope, units, prepared)
     finish_report(out_dir)
-    return store.frame()
+    return read_results(store.path) if store.rows else pd.DataFrame(columns=COLUMNS)
 
 
 def _open_folder(

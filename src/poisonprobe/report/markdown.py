@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..experiment.results import atomic_write_text, read_results, wilson_interval
+from ..experiment.results import atomic_write_text, wilson_interval
+from .schema import flags, read_results
 from .stats import mean_ci, table_keys
 
 NOISE_IMAGES = 2  # drops of at most this many test images are flagged as noise-level
@@ -166,7 +167,7 @@ def convergence_section(df: pd.DataFrame) -> list[str]:
     g = df[df["attack_steps"].notna() & (df["defense"] == "none")].copy()
     if g.empty:
         return []
-    g["converged"] = g["converged"].astype(str).str.lower().isin(("true", "1", "1.0"))
+    g["converged"] = flags(g["converged"]).fillna(False).astype(bool)
     table = (
         g.groupby(["setting", "attack", "regime", "eps"], sort=False)
         .agg(

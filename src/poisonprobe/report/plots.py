@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,7 @@ import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from .schema import json_cell  # noqa: E402
 from .stats import mean_ci  # noqa: E402
 
 
@@ -87,9 +89,6 @@ def plot_objective_traces(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     Reads ``objective_trace`` / ``objective_trace_stride`` from the ``info`` column
     (``attacks/_optim.Plateau.summary``); rows without a trace are skipped.
     """
-    import json
-    import math
-
     paths = []
     if "info" not in df or df.empty:
         return paths
@@ -100,10 +99,7 @@ def plot_objective_traces(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         drawn = 0
         for _, r in g.iterrows():
-            try:
-                info = json.loads(r["info"]) if isinstance(r["info"], str) else {}
-            except ValueError:
-                continue
+            info = json_cell(r["info"])
             trace = info.get("objective_trace")
             if not trace or len(trace) < 2:
                 continue

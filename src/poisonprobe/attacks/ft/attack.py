@@ -1,15 +1,15 @@
 """The feature-targeted (FT) attack: target head → poisoned features → images.
 
-Stage 1 (``gradpc.py``) picks a target head ŵ: GradPC heads and heads that other attacks induce
-(label flip by default), filtered by the necessary reachability condition
-``eps_needed(ŵ) ≤ n_p/N`` (``poisonability.py``). Stage 2 (``feature_gc.py``) finds features ζ
+Stage 1 (``targets.py``) picks a target head ŵ: GradPC heads and heads that other attacks
+induce (label flip by default), filtered by the necessary reachability condition
+``eps_needed(ŵ) ≤ n_p/N`` (``poisonability.py``). Stage 2 (``gc/feature.py``) finds features ζ
 that make ŵ the victim's exact solution, once unconstrained (``ft-ideal``) and once inside the
 extractor's feasible feature box (``ft-feasible``). Because the condition is only necessary, the
 best few candidates are *verified*: the attacker retrains the victim on clean ∪ ζ (it knows the
 recipe; only training data is used) and keeps the candidate with the lowest clean-train accuracy.
 The label-flip-induced head is always a candidate (its own poisons attain it exactly), so done
 this way the FT attack does not lose to label flip on the training set. Stage 3
-(``inversion.py``) turns the feasible ζ into images: ``ft-decoder`` and ``ft-match``.
+(``invert.py``) turns the feasible ζ into images: ``ft-decoder`` and ``ft-match``.
 
 Stages 1–2 run once per (seed, eps, stage parameters) and are shared through ``ctx.memo`` by the
 four variants; the decoder is trained once per extractor and seed.
@@ -25,14 +25,13 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
-from ..head.config import VictimConfig
-from ..head.objective import LinearHead
-from ..head.train import train_head
-from ..shared_work import shared
-from ..threads import single_thread_if_small
-from ._optim import stop_rule
-from .base import (
+from ...errors import ConfigError
+from ...head.objective import LinearHead
+from ...head.train import train_head
+from ...shared_work import shared
+from ...threads import single_thread_if_small
+from .._optim import stop_rule
+from ..base import (
     AttackContext,
     PoisonKind,
     PoisonSet,
@@ -41,19 +40,12 @@ from .base import (
     get_attack,
     register_attack,
 )
-from .feature_gc import LABEL_MODES, OPTIMIZERS, FeatureGCResult, feature_gc, relabel
-from .gc_objective import clean_gradient, gc_loss
-from .gradpc import (
-    NORMS,
-    InducedHead,
-    Target,
-    evaluate_target,
-    gradpc,
-    radius_scale,
-    search_targets,
-)
-from .inversion import MATCH_METHODS, Decoder, _project, decode, feature_match, train_decoder
-from .poisonability import FeatureBox
+from ..gc.feature import LABEL_MODES, OPTIMIZERS, FeatureGCResult, feature_gc, relabel
+from ..gc.objective import clean_gradient, gc_loss
+from ..gradpc import NORMS, gradpc, radius_scale
+from ..poisonability import FeatureBox
+from ..targets import Target, evaluate_target, exact_lbfgs_recipe, induced_head, search_targets
+from .invert import MATCH_METHODS, Decoder, _project, decode, feature_match, train_decoder
 
 STARTS = ("clean", "decoder")
 FT_VARIANTS = ("ideal", "feasible", "decoder", "match")
@@ -416,7 +408,7 @@ def attacker_train_acc(ctx: AttackContext, z_p: torch.Tensor, y_p: torch.Tensor)
         torch.cat([zc, z_p.to(zc)]),
         torch.cat([yc, y_p.to(zc.device).long()]),
         ctx.n_classes,
-        _exact_lbfgs_recipe(ctx, max_iter=100, tol=1e-5),
+        exact_lbfgs_recipe(ctx, max_iter=100, tol=1e-5),
         init=ctx.clean_head,
     )
     return victim.accuracy(zc, yc)
@@ -526,17 +518,6 @@ def _generator(ctx: AttackContext, salt: str) -> torch.Generator:
     return torch.Generator().manual_seed(_stable_hash(f"{ctx.seed}|{ctx.threat.eps}|ft|{salt}"))
 
 
-def _exact_lbfgs_recipe(ctx: AttackContext, max_iter: int | None = None, tol: float | None = None):
-    """The victim's objective solved by L-BFGS (targets need the true optimum; the
-    verification retrains only need its accuracy, so they pass a looser tolerance)."""
-    return VictimConfig(
-        solver="lbfgs",
-        weight_decay=ctx.victim.weight_decay,
-        max_iter=max_iter or ctx.victim.max_iter,
-        tol=tol or ctx.victim.tol,
-    )
-
-
 def _feature_stages(ctx: AttackContext, p: dict[str, Any]) -> _FeatureStages:
     key = ("ft/stage12", id(ctx.z_train), ctx.seed, ctx.threat.eps, tuple(sorted(p.items())))
 
@@ -562,7 +543,7 @@ def _compute_feature_stages(ctx: AttackContext, p: dict[str, Any]) -> _FeatureSt
         targets = [evaluate_target(head, z, y, wd, box, f"gradpc-{p['norm']}", rel)]
         tries = targets
     else:
-        seeds = tuple(_induced_head(ctx, name) for name in p["seed_attacks"])
+        seeds = tuple(induced_head(ctx, name) for name in p["seed_attacks"])
         radii = p["radii"] or _auto_radii(ctx, p, box, unit)
         targets = search_targets(
             head0, z, y, wd, n_p, box, radii, p["norm"], p["gradpc_steps"], seeds
@@ -671,51 +652,11 @@ def _try_target(
             torch.cat([zc, res.z.to(zc)]),
             torch.cat([yc, res.y.to(yc.device)]),
             ctx.n_classes,
-            _exact_lbfgs_recipe(ctx, max_iter=100, tol=1e-5),
+            exact_lbfgs_recipe(ctx, max_iter=100, tol=1e-5),
             init=head,
         )
         out[name] = _Stage2Outcome(target, res, start_x, idx, victim.accuracy(zc, yc))
     return out
-
-
-def _induced_head(ctx: AttackContext, name: str) -> InducedHead:
-    """Run another injection attack and train the victim on clean ∪ its poisons."""
-    info = get_attack(name)
-    regime = "box" if "box" in info.regimes else info.regimes[0]
-    sub = replace(ctx, threat=replace(ctx.threat, regime=regime))
-    poison = info.fn(sub)
-    if poison.kind is PoisonKind.REPLACEMENTS:
-        raise ConfigError(
-            f"FT seed attack {name!r} perturbs training points instead of injecting; "
-            "use an injection attack such as 'label-flip'"
-        )
-    if poison.kind is PoisonKind.FEATURES:
-        assert poison.z is not None
-        z_p = poison.z.to(ctx.z_train)
-    elif (
-        poison.base_idx is not None
-        and poison.x is not None
-        and torch.equal(poison.x, ctx.train.x[poison.base_idx])
-    ):
-        z_p = ctx.z_train[poison.base_idx.to(ctx.z_train.device)]  # clean copies: cached
-    else:
-        z_p = ctx.encode(poison.x).to(ctx.z_train)
-    y_p = poison.y.to(ctx.z_train.device).long()
-    head = train_head(
-        torch.cat([ctx.z_train, z_p]),
-        torch.cat([ctx.train.y.to(y_p.device), y_p]),
-        ctx.n_classes,
-        _exact_lbfgs_recipe(ctx),
-        init=ctx.clean_head,
-    )
-    return InducedHead(
-        name,
-        head,
-        init_idx=poison.base_idx,
-        init_y=y_p,
-        init_z=z_p,
-        init_x=poison.x if poison.base_idx is None else None,
-    )
 
 
 def _auto_radii(

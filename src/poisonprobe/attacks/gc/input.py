@@ -1,108 +1,36 @@
 """Input-space gradient canceling (``gc-input``): move poisoned *images* through the frozen
 extractor until their head gradients cancel the clean gradient at a target head ŵ.
 
-The objective is the shared ``gc_objective.gc_loss`` (closed-form head gradients), so each
+The objective is the shared ``gc/objective.gc_loss`` (closed-form head gradients), so each
 step costs one forward and one backward pass through ``f`` for the poisons only. The helpers
-every input-space attack shares live in ``common.py``.
+every input-space attack shares live in ``attacks/common.py``.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
 import torch
 
-from ..errors import ConfigError
-from ..head.config import VictimConfig
-from ..head.objective import LinearHead
-from ..head.solvers import newton_solve
-from ..shared_work import shared
-from ._optim import Plateau, stop_rule
-from .base import AttackContext, PoisonKind, PoisonSet, register_attack
-from .common import (
+from ...errors import ConfigError
+from ...head.config import VictimConfig
+from ...head.objective import LinearHead
+from .._optim import Plateau, stop_rule
+from ..base import AttackContext, PoisonKind, PoisonSet, register_attack
+from ..common import (
     PixelOptimizer,
     check_labels,
     check_optimizer,
     feature_loss_and_grad,
     init_poisons,
 )
-from .feature_targeted import ft_feasible_target
-from .gc_objective import clean_gradient, gc_loss
-from .gradpc import gradpc
-from .tgda import tgda_feature
+from ..ft.attack import ft_feasible_target
+from ..targets import induced_target, target_head
+from .objective import clean_gradient, gc_loss
 
 # ---------------------------------------------------------------------------------------------
-# stage-1 target head: GradPC (attacks/gradpc.py), the one implementation FT uses too
-# ---------------------------------------------------------------------------------------------
-
-
-def _reach_ratio(
-    target: LinearHead, z: torch.Tensor, y: torch.Tensor, wd: float, n_p: int
-) -> float:
-    """A necessary poisonability check: ``||R_clean + wd·n_p·W|| / (n_p · max per-point ||∇||)``.
-
-    ``n_p`` poisons can cancel at most ``n_p · √2 · max‖[z, 1]‖`` of gradient, assuming their
-    features stay within the clean norm range; a ratio > 1 means the target is out of reach.
-    """
-    cg = clean_gradient(target, z, y, wd)
-    need = torch.sqrt(((cg.weight + wd * n_p * target.weight) ** 2).sum() + (cg.bias**2).sum())
-    zmax = float(torch.sqrt((z.double() ** 2).sum(1).max() + 1.0))
-    return float(need) / (n_p * math.sqrt(2.0) * zmax)
-
-
-def target_head(
-    ctx: AttackContext, radius: float = 0.05, steps: int = 100
-) -> tuple[LinearHead, dict[str, float]]:
-    """Target head ŵ for GC: GradPC with an L2 radius relative to ``||w0||`` (memoised);
-    the reachability ratio (see ``_reach_ratio``) is reported, not enforced."""
-    if not radius > 0:
-        raise ConfigError(f"gc-input radius={radius} must be > 0 (relative to ||w0||, e.g. 0.05)")
-    key = ("gc-input/target", radius, steps)
-
-    def compute() -> LinearHead:
-        z = ctx.z_train
-        y = ctx.train.y.to(z.device)
-        head = ctx.clean_head.to(z.device, torch.float64)
-        return gradpc(head, z, y, radius * float(head.flat().norm()), "l2", steps)
-
-    target = shared(ctx.memo, key, compute)
-    z, y = ctx.z_train, ctx.train.y.to(ctx.z_train.device)
-    meta = {
-        "target_radius": radius,
-        "target_head_acc": target.accuracy(z, y),  # on the clean *training* set (no test split)
-        "target_reach_ratio": _reach_ratio(target, z, y, ctx.victim.weight_decay, ctx.n_poison),
-    }
-    return target, meta
-
-
-def induced_target(ctx: AttackContext) -> tuple[LinearHead, dict[str, float], PoisonSet]:
-    """The victim head induced by ``tgda-feature`` poisons: reachable by construction (with
-    features in the clean range), so GC through ``f`` only has to realise it in images.
-
-    Returns the head and the feature poisons (their labels and base points seed the images).
-    """
-    key = ("gc-input/tgda-feature-target", ctx.threat.eps, ctx.threat.regime)
-
-    def compute() -> tuple[LinearHead, PoisonSet]:
-        ps = tgda_feature(ctx)
-        assert ps.z is not None
-        z = torch.cat([ctx.z_train, ps.z.to(ctx.z_train)])
-        y = torch.cat([ctx.train.y, ps.y]).to(z.device)
-        return newton_solve(ctx.clean_head, z, y, ctx.victim.weight_decay, tol=1e-9), ps
-
-    head, ps = shared(ctx.memo, key, compute)
-    z, y = ctx.z_train, ctx.train.y.to(ctx.z_train.device)
-    meta = {
-        "target_head_acc": head.accuracy(z, y),
-        "target_reach_ratio": _reach_ratio(head, z, y, ctx.victim.weight_decay, ctx.n_poison),
-    }
-    return head, meta, ps
-
-
-# ---------------------------------------------------------------------------------------------
-# the attack
+# the attack (its target head comes from attacks/targets.py, as FT's and kkt's do)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -19,17 +19,16 @@ Changing point j's label from y to y' moves its gradient by ((e_y − e_y') ζ_j
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..head.objective import LinearHead, label_targets
-from ._optim import Plateau, StopRule
-from .gc_objective import CleanGradient, GCLossAndGrad, gc_loss, gc_residual
-from .poisonability import FeatureBox
+from ...errors import ConfigError
+from ...head.objective import LinearHead, label_targets
+from .._optim import Adam, Plateau, StopRule
+from ..poisonability import FeatureBox
+from .objective import CleanGradient, GCLossAndGrad, gc_loss, gc_residual
 
 OPTIMIZERS = ("adam", "gd")
 LABEL_MODES = ("init", "optimal")
@@ -162,7 +161,7 @@ def feature_gc(
 
     targets = label_targets(y, head.n_classes, dtype)  # one-hot, rebuilt only on relabelling
     loss_and_grad = GCLossAndGrad(head, clean, int(zeta.shape[0]), weight_decay)
-    adam = _Adam(zeta) if optimizer == "adam" else None
+    adam = Adam(zeta, eps=1e-8) if optimizer == "adam" else None
     plateau = Plateau(
         StopRule(rel_tol, window, max(steps, 1), patience), maximize=False, relative_to_start=True
     )
@@ -183,16 +182,14 @@ def feature_gc(
             zeta, y, lr_abs = best_z.clone(), best_y.clone(), lr_abs * 0.5
             targets = label_targets(y, head.n_classes, dtype)
             if adam is not None:
-                adam = _Adam(zeta)
+                adam.reset()
             continue
         if adam is not None:
-            adam.step(grad, lr_abs)
+            adam.step_(zeta, grad, lr_abs)
         else:
             rms = grad.pow(2).mean().sqrt().clamp_min(1e-30)
             zeta -= lr_abs * grad / rms
         zeta = project_features(zeta, box, norm_cap)
-        if adam is not None:
-            adam.param = zeta
         ran = t + 1
     best_obj = plateau.best if plateau.steps else objective(zeta)
     final = objective(zeta)
@@ -208,23 +205,3 @@ def feature_gc(
         steps_run=ran,
         summary=plateau.summary(),
     )
-
-
-class _Adam:
-    """Adam (PyTorch's update, default betas) on one tensor, in place: with closed-form
-    gradients the step is a handful of ops, and ``torch.optim.Adam``'s bookkeeping would
-    cost more than the gradient itself on poison sets of a few hundred points."""
-
-    def __init__(self, param: torch.Tensor, betas: tuple[float, float] = (0.9, 0.999)) -> None:
-        self.param = param
-        self.b1, self.b2 = betas
-        self.m = torch.zeros_like(param)
-        self.v = torch.zeros_like(param)
-        self.t = 0
-
-    def step(self, grad: torch.Tensor, lr: float, eps: float = 1e-8) -> None:
-        self.t += 1
-        self.m.mul_(self.b1).add_(grad, alpha=1.0 - self.b1)
-        self.v.mul_(self.b2).addcmul_(grad, grad, value=1.0 - self.b2)
-        denom = (self.v.sqrt() / math.sqrt(1.0 - self.b2**self.t)).add_(eps)
-        self.param.addcdiv_(self.m, denom, value=-lr / (1.0 - self.b1**self.t))

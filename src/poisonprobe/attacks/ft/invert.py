@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..domain import InputDomain
-from ..errors import ConfigError
-from ._optim import Plateau, StopRule
-from .base import clip_linf_
+from ...domain import InputDomain
+from ...errors import ConfigError
+from .._optim import Plateau, StopRule
+from ..base import clip_linf_
 
 MATCH_METHODS = ("adam", "signed")
 

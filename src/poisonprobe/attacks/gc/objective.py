@@ -17,7 +17,7 @@ from functools import cached_property
 
 import torch
 
-from ..head.objective import LinearHead, gradient_sums, label_targets, row_softmax
+from ...head.objective import LinearHead, gradient_sums, label_targets, row_softmax
 
 
 @dataclass(frozen=True)

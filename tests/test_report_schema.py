@@ -1,0 +1,77 @@
+"""``report/schema.py``: the one reader of results.csv. A file written by ``ResultsStore``
+reads back with its JSON columns and its ``converged`` flags intact, whatever dtype pandas
+picked for them."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from poisonprobe.errors import ConfigError
+from poisonprobe.experiment.results import ResultsStore
+from poisonprobe.report.schema import JSON_COLUMNS, flags, json_cell, read_results
+
+
+def _row(attack: str, converged: object, info: dict) -> dict:
+    return {
+        "setting": "s",
+        "source": "digits",
+        "target": "digits",
+        "extractor": "e",
+        "attack": attack,
+        "regime": "box",
+        "eps": 0.1,
+        "defense": "none",
+        "seed": 0,
+        "extractor_seed": 0,
+        "split_seed": 0,
+        "n_poison": 3,
+        "clean_acc": 0.9,
+        "poisoned_acc": 0.8,
+        "converged": converged,
+        "stages": json.dumps({"total": 1.5}),
+        "info": json.dumps(info),
+        "cell_id": attack,
+    }
+
+
+def test_a_written_file_reads_back_through_the_schema(tmp_path):
+    store = ResultsStore(tmp_path / "results.csv")
+    store.append(_row("tgda", True, {"objective_trace": [1.0, 0.5], "converged": True}))
+    store.append(_row("gc-input", False, {"steps_run": 7}))
+    store.append(_row("label-flip", "", {}))  # not iterative: no flag
+    df = read_results(store.path)
+    assert [json_cell(v) for v in df["info"]] == [
+        {"objective_trace": [1.0, 0.5], "converged": True},
+        {"steps_run": 7},
+        {},
+    ]
+    assert json_cell(df["stages"].iloc[0]) == {"total": 1.5}
+    assert set(JSON_COLUMNS) <= set(df.columns)
+    assert flags(df["converged"]).tolist() == [True, False, pd.NA]
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(float("nan"), {}), ("", {}), ("{not json", {}), ("[1, 2]", {}), ('{"a": 1}', {"a": 1})],
+)
+def test_json_cell_reads_only_json_objects(value, expected):
+    assert json_cell(value) == expected
+
+
+def test_flags_reads_every_dtype_pandas_may_choose():
+    as_bool = pd.Series([True, False])
+    as_text = pd.Series(["True", "false", None])
+    as_float = pd.Series([1.0, 0.0, float("nan")])
+    assert flags(as_bool).tolist() == [True, False]
+    assert flags(as_text).tolist() == [True, False, pd.NA]
+    assert flags(as_float).tolist() == [True, False, pd.NA]
+
+
+def test_a_file_that_is_not_a_results_table_is_refused(tmp_path):
+    bad = tmp_path / "results.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ConfigError, match="lacks the column"):
+        read_results(bad)
