@@ -650,7 +650,7 @@ def tgda_feature(
     ``patience`` steps without a new best it goes back to the best poisons at half the step.
     ``defense_aware``: project every step onto what the ``defense`` (sphere / slab /
     sphere+slab, at ``defense_fraction``, default eps) would keep on the clean data.
-    ``invert="feature-match"`` turns the features into images (``attacks/inversion.py``).
+    ``invert="feature-match"`` turns the features into images (``attacks/ft/invert.py``).
     """
     _check_common(follower, follower_steps)
     rule = stop_rule("tgda-feature", tol, window, max_steps, patience)
@@ -747,7 +747,7 @@ def tgda_feature(
 def _invert(
     ctx: AttackContext, z_target: torch.Tensor, idx: torch.Tensor, steps: int
 ) -> tuple[torch.Tensor, float]:
-    """Feature matching from the clean start images (``attacks/inversion.py``), in the box."""
+    """Feature matching from the clean start images (``attacks/ft/invert.py``), in the box."""
     from .ft.invert import feature_match
 
     start = ctx.train.x[idx].to(ctx.device)

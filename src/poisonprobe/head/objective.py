@@ -2,7 +2,7 @@
 (bias not decayed, like scikit-learn), with its closed-form gradients.
 
 It is strictly convex in ``W`` for ``weight_decay > 0``, so the exact minimiser is unique:
-gradient canceling relies on exactly this objective (see ``attacks/gc_objective.py``). Every
+gradient canceling relies on exactly this objective (see ``attacks/gc/objective.py``). Every
 other module that needs the objective or its gradient takes it from here.
 """
 
