@@ -25,7 +25,14 @@ def test_preconditioner_eig_is_the_gram_of_clean_and_poison_features() -> None:
     gram = zt.T @ zt / len(z_all)
     torch.testing.assert_close(vecs @ torch.diag(vals) @ vecs.T, gram, rtol=1e-9, atol=1e-9)
     assert prob.preconditioner_eig(z_p) is prob.preconditioner_eig(z_p)  # cached per step
-    assert prob.preconditioner_eig(z_p.clone())[0] is not vals  # a new step recomputes
+    # a leader step that barely moves the Gram matrix keeps the decomposition (a
+    # preconditioner), one that moves it by more than STALE_GRAM decomposes the new one
+    assert prob.preconditioner_eig(z_p * (1 + 1e-4))[0] is vals
+    moved = z_p * 1.5
+    vals2, vecs2 = prob.preconditioner_eig(moved)
+    assert vals2 is not vals
+    zt = torch.cat([torch.cat([z.double(), moved]), torch.ones(len(z_all), 1).double()], 1)
+    torch.testing.assert_close(vecs2 @ torch.diag(vals2) @ vecs2.T, zt.T @ zt / len(zt))
 
 
 def test_hypergradient_with_far_poisons_is_solved_and_reported() -> None:
