@@ -51,6 +51,29 @@ def _ascend(
     return plateau, best_x
 
 
+def test_a_slow_climb_is_told_apart_from_an_optimum():
+    """Both stop by the rule (relative gain < tol); only the log-like climb, whose gains
+    shrink slowly (unbounded: more steps would keep adding), is flagged ``still_rising``."""
+    climb = Plateau(StopRule(tol=5e-3, window=15, max_steps=100_000))
+    t = 0
+    while not climb.done():
+        climb.record(0.1 * math.log(2 + t))  # no optimum: gains ∝ 1/t
+        t += 1
+    assert climb.converged and climb.steps < 100_000
+    assert climb.gain_ratio() == pytest.approx(1 - 15 / climb.steps, abs=0.01)
+    assert climb.still_rising() and climb.summary()["still_rising"] is True
+    quad, _ = _ascend(StopRule(tol=1e-6, window=5, max_steps=1000), lr=0.1)
+    assert quad.converged and quad.gain_ratio() < 0.3 and not quad.still_rising()
+    short = Plateau(StopRule(tol=1e-3, window=10, max_steps=5))
+    for v in range(5):
+        short.record(float(v))
+    assert math.isnan(short.gain_ratio()) and not short.still_rising()
+    flat = Plateau(StopRule(tol=1e-3, window=3, max_steps=50))
+    for v in [1.0, 2.0, 3.0, 3.0, 3.0, 3.0, 3.0]:
+        flat.record(v)
+    assert flat.gain_ratio() == 0.0  # no gain in the last window
+
+
 def test_plateau_stops_at_the_known_optimum_before_the_cap():
     plateau, x = _ascend(StopRule(tol=1e-6, window=5, max_steps=1000, patience=2), lr=0.1)
     assert plateau.converged and plateau.reason == "plateau"

@@ -75,3 +75,31 @@ def test_a_file_that_is_not_a_results_table_is_refused(tmp_path):
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(ConfigError, match="lacks the column"):
         read_results(bad)
+
+
+def test_the_convergence_table_flags_runs_that_stopped_still_rising(tmp_path):
+    """``still_rising`` comes from each row's ``info`` (missing in old files: False)."""
+    from poisonprobe.report.markdown import convergence_section
+
+    store = ResultsStore(tmp_path / "results.csv")
+    for attack, rising in [("tgda", True), ("tgda-feature", False), ("emn", None)]:
+        info = {} if rising is None else {"still_rising": rising}
+        row = _row(attack, True, info)
+        row.update(attack_steps=40, attack_objective=0.5)
+        store.append(row)
+    lines = "\n".join(convergence_section(read_results(store.path))).splitlines()
+    header = next(line for line in lines if line.startswith("| setting"))
+    col = header.split(" | ").index("still_rising")
+    rows = {r.split(" | ")[1]: r.split(" | ")[col] for r in lines if r.startswith("| s |")}
+    assert rows == {"tgda": "True", "tgda-feature": "False", "emn": "False"}
+    from poisonprobe.report.markdown import understated_note
+
+    df = read_results(store.path)
+    assert understated_note(df) == (
+        "note: of 3 iterative rows, 0 hit their max_steps cap and 1 stopped still climbing "
+        "(still_rising): their drops are lower bounds (report.md, Convergence; a smaller tol "
+        "or larger max_steps goes further)"
+    )
+    df.loc[df["attack"] == "emn", "converged"] = False
+    assert understated_note(df).startswith("note: of 3 iterative rows, 1 hit their max_steps")
+    assert understated_note(df[df["attack"] == "tgda-feature"]) is None

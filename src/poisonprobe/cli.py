@@ -69,6 +69,7 @@ def run(
     from .experiment.config import load_config, with_pretrain
     from .experiment.runner import default_out
     from .experiment.runner import run as run_experiment
+    from .report.markdown import understated_note
 
     _setup_logging(verbose)
     out = out if out is not None else default_out(config)
@@ -89,6 +90,9 @@ def run(
         for title, table in drop_tables(df):
             console.print(title, markup=False, highlight=False)
             console.print(table)
+    note = understated_note(df)
+    if note:
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
     console.print(
         f"wrote {out / 'results.csv'} ({len(df)} rows) and {out / 'report.md'}", soft_wrap=True
     )

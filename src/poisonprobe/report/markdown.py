@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..experiment.results import atomic_write_text, wilson_interval
-from .schema import flags, read_results
+from .schema import flags, json_cell, read_results
 from .stats import mean_ci, table_keys
 
 NOISE_IMAGES = 2  # drops of at most this many test images are flagged as noise-level
@@ -157,6 +157,29 @@ def summary_text(df: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def still_rising(df: pd.DataFrame) -> pd.Series:
+    """Per row: its attack stopped while still climbing (``info["still_rising"]``; False
+    for rows without it: non-iterative attacks, files of older versions)."""
+    infos = df["info"] if "info" in df else pd.Series("", index=df.index)
+    return pd.Series([bool(json_cell(v).get("still_rising", False)) for v in infos], index=df.index)
+
+
+def understated_note(df: pd.DataFrame) -> str | None:
+    """One line for the console when some rows are lower bounds: capped or still rising."""
+    if "attack_steps" not in df:
+        return None
+    iterative = df[df["attack_steps"].notna()]
+    capped = int((~flags(iterative["converged"]).fillna(True).astype(bool)).sum())
+    rising = int(still_rising(iterative).sum())
+    if not capped and not rising:
+        return None
+    return (
+        f"note: of {len(iterative)} iterative rows, {capped} hit their max_steps cap and "
+        f"{rising} stopped still climbing (still_rising): their drops are lower bounds "
+        "(report.md, Convergence; a smaller tol or larger max_steps goes further)"
+    )
+
+
 def convergence_section(df: pd.DataFrame) -> list[str]:
     """Steps each attack ran and whether it stopped on its plateau (not on the step cap).
 
@@ -168,11 +191,13 @@ def convergence_section(df: pd.DataFrame) -> list[str]:
     if g.empty:
         return []
     g["converged"] = flags(g["converged"]).fillna(False).astype(bool)
+    g["still_rising"] = still_rising(g)
     table = (
         g.groupby(["setting", "attack", "regime", "eps"], sort=False)
         .agg(
             attack_steps=("attack_steps", "max"),
             converged=("converged", "all"),
+            still_rising=("still_rising", "any"),
             attack_objective=("attack_objective", "mean"),
         )
         .reset_index()
@@ -183,7 +208,11 @@ def convergence_section(df: pd.DataFrame) -> list[str]:
         "",
         "Every iterative attack stops when its own objective improves by less than `tol` "
         "(relative) over `window` steps; `converged = False` means the `max_steps` cap "
-        "stopped it and the drop may understate the attack. The objective-vs-step figures "
+        "stopped it and the drop may understate the attack. `still_rising = True`: its gains "
+        "shrank by less than a quarter over the last window (a slow climb that fell under "
+        "`tol`, not an optimum approached): more steps or a smaller `tol` would go on, so "
+        "read that drop as a lower bound too. "
+        "The objective-vs-step figures "
         "below show the traces. `eps_needed` (FT rows) is a *necessary* condition for a "
         "GradPC-style target to be reachable, not a bound on the damage poisons can do: "
         "bilevel attacks exceed what every reachable GradPC target predicts.",
