@@ -56,10 +56,11 @@ from .common import (
 HESSIAN_MODES = ("auto", "exact", "cg")
 FOLLOWER_MODES = ("exact", "steps")
 # ‖∇F‖ to which the exact follower is re-solved at every leader step (both attacks): 3e-4
-# skips the last Newton iteration of most solves. On the default, tgda 120 → 66 ms per leader
-# step and tgda-feature −25 % seconds, with no loss of strength (18 tgda-feature cells, three
-# seeds: mean objective 0.9887 → 0.9875, mean drop equal; BENCHMARKS.md). The reported
-# objective is always re-solved to the victim's tol (``exact_objective``).
+# skips the last Newton iteration of most solves. On the default, tgda ~125 → ~70 ms per
+# leader step (unconstrained eps 0.03 cells) and tgda-feature −25 % seconds, with no loss of
+# strength (18 tgda-feature cells, three seeds: mean objective 0.9887 → 0.9875, mean drop
+# equal; BENCHMARKS.md). The reported objective is always re-solved to the victim's tol
+# (``exact_objective``).
 FOLLOWER_TOL = 3e-4
 
 # ---------------------------------------------------------------------------------------------
