@@ -69,7 +69,6 @@ def run(
     from .experiment.config import load_config, with_pretrain
     from .experiment.runner import default_out
     from .experiment.runner import run as run_experiment
-    from .report.markdown import understated_note
 
     _setup_logging(verbose)
     out = out if out is not None else default_out(config)
@@ -86,6 +85,14 @@ def run(
         verbose=verbose,
         workers=workers,
     )
+    print_summary(df, out, quiet)
+
+
+def print_summary(df, out: Path, quiet: bool) -> None:
+    """After a run: the drop tables (unless quiet), one line on rows that are lower bounds
+    (capped or still climbing) and where the results went."""
+    from .report.markdown import understated_note
+
     if not quiet:
         for title, table in drop_tables(df):
             console.print(title, markup=False, highlight=False)
