@@ -112,13 +112,8 @@ class FollowerProblem:
         zp = with_bias_column(z_p.detach().to(self.gram.device, torch.float64))
         n = self.z_fol.shape[0] + zp.shape[0]
         gram = (self.gram + zp.T @ zp) / n
-        held = self._eig_gram
-        if (
-            self._eig is None
-            or held is None
-            or held.shape != gram.shape
-            or float((gram - held).norm()) > STALE_GRAM * float(held.norm())
-        ):
+        held = self._eig_gram  # set together with _eig, always (d+1)²
+        if held is None or float((gram - held).norm()) > STALE_GRAM * float(held.norm()):
             self._eig, self._eig_gram = torch.linalg.eigh(gram), gram
         self._eig_key = z_p
         return self._eig
