@@ -36,11 +36,12 @@ ctx = AttackContext.build(prep.extractor, prep.target.train, {eps}, regime="unco
                           victim=prep.clean_victim, z_train=prep.z_train,
                           clean_head=prep.clean_head, memo={{}})
 count = [0]
-hvp = HeadCurvature.hvp
+name = "hvp_matrix" if hasattr(HeadCurvature, "hvp_matrix") else "hvp"  # CG's product
+hvp = getattr(HeadCurvature, name)
 def counting(self, u):
     count[0] += 1
     return hvp(self, u)
-HeadCurvature.hvp = counting
+setattr(HeadCurvature, name, counting)
 t0 = time.perf_counter()
 ps = get_attack("tgda").fn(ctx, max_steps={steps}, tol=1e-12, patience=10**6)
 seconds = time.perf_counter() - t0

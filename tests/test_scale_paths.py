@@ -74,6 +74,28 @@ def test_explicit_and_cg_solves_agree_on_a_medium_problem():
     assert float((exact - cg).norm() / exact.norm()) < 1e-8
 
 
+def test_float32_matrix_cg_reaches_its_tolerance_against_the_explicit_solve(monkeypatch):
+    """CG runs on [W | b] matrices in the curvature's precision: with float32 passes (the
+    tgda follower and hypergradient) its answer is as good as the tolerance asked, on both
+    pass layouts, and stays off the flat bias direction."""
+    z, y = _mixture(600, 24, 6)
+    head = newton_solve(_head(6, 24), z.double(), y, WD, tol=1e-11)
+    g = torch.randn(6 * 24 + 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    exact = HeadCurvature(head, z.double(), WD).solve_exact(g)
+    for transposed in (True, False):
+        if not transposed:
+            monkeypatch.setattr(curvature, "TRANSPOSED_ELEMENTS", 0)
+        curv = HeadCurvature(head, z, WD, dtype=torch.float32)
+        assert (curv._zt is not None) == transposed
+        for tol in (1e-2, 1e-4):
+            v = curv.solve_cg(g, iters=500, tol=tol)
+            assert v.dtype == torch.float64
+            assert float((v - exact).norm() / exact.norm()) < 50 * tol
+            assert abs(float(v @ curv.null)) < 1e-6 * float(v.norm())
+        warm = curv.solve_cg(g, iters=1, tol=1e-4, x0=exact)  # a converged start stays put
+        assert float((warm - exact).norm() / exact.norm()) < 1e-4
+
+
 def test_chunked_objective_and_hvp_match_one_pass(tiny_chunks):
     z, y = _mixture(1000, 12, 5)  # 4 chunks of 256 rows
     head = _head(5, 12)

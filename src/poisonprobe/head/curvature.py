@@ -81,26 +81,41 @@ class HeadCurvature:
     def n_params(self) -> int:
         return self.k * self.d + self.k
 
-    def hvp(self, u: torch.Tensor) -> torch.Tensor:
-        """``H u`` in O(nkd): logits direction s = U z + c, then (diag p − p pᵀ) s per point."""
+    def as_matrix(self, u: torch.Tensor) -> torch.Tensor:
+        """Flat ``[vec(W), b]`` → ``[W | b]`` (k, d+1) in the passes' precision."""
         kd = self.k * self.d
-        uw, ub = u[:kd].reshape(self.k, self.d), u[kd:]
-        uw_z, ub_z = uw.T.to(self.z.dtype), ub.to(self.z.dtype)
+        return torch.cat([u[:kd].reshape(self.k, self.d), u[kd:, None]], 1).to(self.z.dtype)
+
+    def as_flat(self, m: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """``[W | b]`` (k, d+1) → flat ``[vec(W), b]`` in ``dtype``."""
+        return torch.cat([m[:, : self.d].reshape(-1), m[:, self.d]]).to(dtype)
+
+    def hvp(self, u: torch.Tensor) -> torch.Tensor:
+        """``H u`` for a flat ``u`` (returned in ``u``'s dtype); see ``hvp_matrix``."""
+        return self.as_flat(self.hvp_matrix(self.as_matrix(u)), u.dtype)
+
+    def hvp_matrix(self, u: torch.Tensor) -> torch.Tensor:
+        """``H U`` for ``U = [W | b]`` (k, d+1), in O(nkd): logits direction s = W z + b, then
+        (diag p − p pᵀ) s per point. Matrix in, matrix out, in the passes' precision: the
+        CG loops call it ~50 times per tgda leader step, and flat float64 vectors cost four
+        casts and two concatenations per product."""
+        d = self.d
+        uw, ub = u[:, :d], u[:, d:]
         if self._zt is not None:  # (k, n) logit directions, one GEMM each way
-            ps = self._pt * torch.addmm(ub_z[:, None], uw_z.T, self._zt)
+            ps = self._pt * torch.addmm(ub, uw, self._zt)
             a = ps.sub_(self._pt * ps.sum(dim=0, keepdim=True))
-            hw, hb = a @ self._zt.T, a.sum(dim=1)
+            out = torch.cat([a @ self._zt.T, a.sum(dim=1, keepdim=True)], 1)
         else:
-            hw = torch.zeros(self.k, self.d, dtype=self.z.dtype, device=self.z.device)
-            hb = torch.zeros(self.k, dtype=self.z.dtype, device=self.z.device)
+            out = torch.zeros(self.k, d + 1, dtype=self.z.dtype, device=self.z.device)
             for rows in self.chunks:
                 z, p = self.z[rows], self.p[rows]
-                ps = p * torch.addmm(ub_z, z, uw_z)
+                ps = p * torch.addmm(ub.T, z, uw.T)
                 a = ps.sub_(p * ps.sum(dim=1, keepdim=True))
-                hw.addmm_(a.T, z)
-                hb += a.sum(dim=0)
-        hw = hw.to(u.dtype) / self.n + self.wd * uw
-        return torch.cat([hw.reshape(-1), hb.to(u.dtype) / self.n])
+                out[:, :d].addmm_(a.T, z)
+                out[:, d] += a.sum(dim=0)
+        out.div_(self.n)
+        out[:, :d].add_(uw, alpha=self.wd)
+        return out
 
     def matrix(self) -> torch.Tensor:
         """The explicit Hessian (kd+k)², built class-row by class-row (memory O(n·k·d))."""
@@ -146,21 +161,26 @@ class HeadCurvature:
         O(k²d + kd²). SSL features make ``H`` badly conditioned (κ ~ 1e4 at wd = 1e-3) and
         plain CG then needs hundreds of iterations; with this, a few dozen.
         """
+        return self.as_flat(self._precondition_matrix(self.as_matrix(u)), u.dtype)
+
+    def _kronecker_factors(self) -> None:
+        """Eigenbases and inverse eigenvalues of ``Ā ⊗ C + wd·I`` (once per curvature)."""
+        p = self.p.double()
+        abar = torch.diag(p.mean(0)) - p.T @ p / self.n
+        if self._feature_eig is None:
+            self._feature_eig = feature_eig(self.z)
+        qa, qc, eigvals = kronecker_eig(abar, self._feature_eig, self.wd)
+        # applied in the passes' precision (float32 curvature: 40 % faster, and its
+        # 1e-7 round-off is far below what a preconditioner needs)
+        dt = self.z.dtype
+        self._kfac = tuple(m.to(dt).contiguous() for m in (qa, qa.T, qc, qc.T, 1.0 / eigvals))
+
+    def _precondition_matrix(self, u: torch.Tensor) -> torch.Tensor:
+        """``precondition`` on ``[W | b]`` (k, d+1), in the passes' precision."""
         if self._kfac is None:
-            p = self.p.double()
-            abar = torch.diag(p.mean(0)) - p.T @ p / self.n
-            if self._feature_eig is None:
-                self._feature_eig = feature_eig(self.z)
-            qa, qc, eigvals = kronecker_eig(abar, self._feature_eig, self.wd)
-            # applied in the passes' precision (float32 curvature: 40 % faster, and its
-            # 1e-7 round-off is far below what a preconditioner needs)
-            dt = self.z.dtype
-            self._kfac = tuple(m.to(dt).contiguous() for m in (qa, qa.T, qc, qc.T, 1.0 / eigvals))
+            self._kronecker_factors()
         qa, qa_t, qc, qc_t, inv = self._kfac
-        k, d = self.k, self.d
-        full = torch.cat([u[: k * d].reshape(k, d), u[k * d :, None]], 1).to(qa.dtype)
-        out = (qa @ (((qa_t @ full) @ qc) * inv) @ qc_t).to(u.dtype)
-        return torch.cat([out[:, :d].reshape(-1), out[:, d]])
+        return qa @ (((qa_t @ u) @ qc) * inv) @ qc_t
 
     def solve_cg(
         self,
@@ -174,13 +194,17 @@ class HeadCurvature:
         ``x0`` warm-starts it (e.g. the previous leader step's solution)."""
         g = g - (g @ self.null) * self.null
         pre = self._project_precondition if precondition else None
-        if x0 is not None:
-            x0 = x0 - (x0 @ self.null) * self.null
-        return conjugate_gradient(self.hvp, g, iters, tol, pre, x0)
+        x0m = None if x0 is None else self.as_matrix(x0 - (x0 @ self.null) * self.null)
+        # CG on [W | b] matrices in the passes' precision (float32 curvature: float32
+        # vectors too; the tolerances asked of it, ≥ ~1e-4 relative, are far above its
+        # round-off)
+        x = conjugate_gradient(self.hvp_matrix, self.as_matrix(g), iters, tol, pre, x0m)
+        return self.as_flat(x)
 
     def _project_precondition(self, u: torch.Tensor) -> torch.Tensor:
-        v = self.precondition(u)
-        return v - (v @ self.null) * self.null  # keep CG iterates off the flat direction
+        v = self._precondition_matrix(u)
+        v[:, self.d] -= v[:, self.d].mean()  # keep CG iterates off the flat bias direction
+        return v
 
     def auto_exact(self) -> bool:
         """``exact_is_cheap`` for this problem's sizes."""
@@ -228,7 +252,8 @@ def conjugate_gradient(
     x0: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(Preconditioned) CG for a symmetric positive (semi-)definite operator from ``x0``
-    (default 0); stops when the residual is below ``tol·||b||``."""
+    (default 0) on vectors or matrices (Frobenius inner product); stops when the residual
+    is below ``tol·||b||``."""
     if x0 is None:
         x = torch.zeros_like(b)
         r = b.clone()
@@ -237,17 +262,23 @@ def conjugate_gradient(
         r = b - matvec(x)
     zr = precondition(r) if precondition is not None else r
     p = zr.clone()
-    rz = r @ zr
+    rz = _dot(r, zr)
     stop = (tol * b.norm()) ** 2
+    tiny = torch.finfo(b.dtype).tiny
     for _ in range(iters):
-        if r @ r <= stop:
+        if _dot(r, r) <= stop:
             break
         hp = matvec(p)
-        alpha = rz / (p @ hp).clamp_min(1e-300)
+        alpha = rz / _dot(p, hp).clamp_min(tiny)
         x = x + alpha * p
         r = r - alpha * hp
         zr = precondition(r) if precondition is not None else r
-        rz_new = r @ zr
-        p = zr + (rz_new / rz.clamp_min(1e-300)) * p
+        rz_new = _dot(r, zr)
+        p = zr + (rz_new / rz.clamp_min(tiny)) * p
         rz = rz_new
     return x
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Inner product of two same-shaped tensors (vectors or matrices)."""
+    return torch.dot(a.reshape(-1), b.reshape(-1))
