@@ -43,7 +43,8 @@ class HeadCurvature:
 
     Parameters are ordered like ``LinearHead.flat()``: ``[vec(W) row-major, b]``. ``dtype``:
     the precision of the passes over ``z`` (float32 for Newton's inner CG, where 1e-7 relative
-    error is far below the CG tolerance and a pass costs a third); vectors stay float64.
+    error is far below the CG tolerance and a pass costs a third). Flat vectors in and out
+    are float64; ``solve_cg`` iterates on ``[W | b]`` matrices in ``dtype``.
     """
 
     def __init__(
