@@ -90,6 +90,13 @@ class FollowerProblem:
     _eig: tuple[torch.Tensor, torch.Tensor] | None = None
     _eig_gram: torch.Tensor | None = None  # the Gram matrix the cached eig decomposes
 
+    def with_poisons(
+        self, z_p: torch.Tensor, y_p: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The follower's training set: its clean data followed by the poisons."""
+        z_all = torch.cat([self.z_fol, z_p.detach().to(self.z_fol.dtype)])
+        return z_all, torch.cat([self.y_fol, y_p.to(self.y_fol.device)])
+
     def preconditioner_eig(self, z_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eigen-decomposition of ``Z̃ᵀZ̃/n`` over clean ∪ poison features: the feature factor
         of the Kronecker preconditioner. The clean part is summed once, the poisons' part
@@ -245,8 +252,7 @@ def follower_update(
     steps: int,
 ) -> LinearHead:
     """Move the follower: exact Newton solve (warm start) or ``steps`` gradient steps."""
-    z_all = torch.cat([prob.z_fol, z_p.detach().to(prob.z_fol.dtype)])
-    y_all = torch.cat([prob.y_fol, y_p.to(prob.y_fol.device)])
+    z_all, y_all = prob.with_poisons(z_p, y_p)
     if mode == "exact":
         with single_thread_if_small(z_all.numel(), z_all.device):
             return newton_solve(
@@ -276,8 +282,7 @@ def exact_objective(
     """The attacker objective at poisons ``z_p`` with the follower solved to the victim's own
     tolerance (warm-started at ``head``): what the row reports as ``attack_objective``, so a
     loose ``follower_tol`` during the leader's steps never changes the published value."""
-    z_all = torch.cat([prob.z_fol, z_p.detach().to(prob.z_fol.dtype)])
-    y_all = torch.cat([prob.y_fol, y_p.to(prob.y_fol.device)])
+    z_all, y_all = prob.with_poisons(z_p, y_p)
     tol = min(prob.follower_tol, prob.victim.tol)
     with single_thread_if_small(z_all.numel(), z_all.device):
         solved = newton_solve(head, z_all, y_all, prob.victim.weight_decay, tol=tol)
