@@ -12,7 +12,13 @@ from conftest import tiny_setup
 
 from poisonprobe.attacks import AttackContext, PoisonKind, PoisonSet, get_attack
 from poisonprobe.attacks._feasible import defense_feasible_set
-from poisonprobe.attacks._optim import Plateau, StopRule, check_growth, stop_rule
+from poisonprobe.attacks._optim import (
+    MAX_OUTLOOK,
+    Plateau,
+    StopRule,
+    check_growth,
+    stop_rule,
+)
 from poisonprobe.defenses import DefenseInput, apply_defense, parse_defense
 from poisonprobe.errors import ConfigError
 from poisonprobe.experiment.config import parse_config
@@ -52,14 +58,17 @@ def _ascend(
 
 
 def test_a_slow_climb_is_told_apart_from_an_optimum():
-    """Both stop by the rule (relative gain < tol); only the log-like climb, whose gains
-    shrink slowly (unbounded: more steps would keep adding), is flagged ``still_rising``."""
+    """Both stop by the rule; only the log-like climb, whose gains shrink slowly (unbounded:
+    more steps would keep adding), is flagged ``still_rising``, and it runs until a window
+    gains less than tol / MAX_OUTLOOK: 15 / (t ln t) < 5e-3 / 20 at t ≈ 6,800, where the
+    plain rule (one window's gain < tol) stopped it at t ≈ 500."""
     climb = Plateau(StopRule(tol=5e-3, window=15, max_steps=100_000))
     t = 0
     while not climb.done():
         climb.record(0.1 * math.log(2 + t))  # no optimum: gains ∝ 1/t
         t += 1
-    assert climb.converged and climb.steps < 100_000
+    assert climb.converged and 6_000 < climb.steps < 7_500
+    assert climb.outlook() == MAX_OUTLOOK
     assert climb.gain_ratio() == pytest.approx(1 - 15 / climb.steps, abs=0.01)
     assert climb.still_rising() and climb.summary()["still_rising"] is True
     quad, _ = _ascend(StopRule(tol=1e-6, window=5, max_steps=1000), lr=0.1)
@@ -72,6 +81,26 @@ def test_a_slow_climb_is_told_apart_from_an_optimum():
     for v in [1.0, 2.0, 3.0, 3.0, 3.0, 3.0, 3.0]:
         flat.record(v)
     assert flat.gain_ratio() == 0.0  # no gain in the last window
+
+
+@pytest.mark.parametrize("per_window", [0.5, 0.9, 0.97])
+def test_a_geometric_approach_stops_within_tol_of_its_known_optimum(per_window):
+    """f_t = 1 − ρ^t, gains shrinking by ``per_window`` per window: what is left to gain when
+    the rule stops is below tol (relative), whatever the rate. The plain rule (stop once a
+    window gains < tol) left up to ρʷ/(1 − ρʷ)·tol: 9·tol at 0.9 per window, 32·tol at 0.97;
+    with the outlook capped at 20, 0.97 may leave up to (32/20)·tol."""
+    tol, window = 1e-3, 10
+    rho = per_window ** (1 / window)
+    plateau = Plateau(StopRule(tol=tol, window=window, max_steps=100_000))
+    t = 0
+    while not plateau.done():
+        plateau.record(1.0 - rho**t)
+        t += 1
+    assert plateau.converged
+    assert plateau.gain_ratio() == pytest.approx(per_window, rel=1e-6)
+    left = 1.0 - plateau.best  # the optimum is 1
+    assert left < tol * max(1.0, per_window / (1 - per_window) / MAX_OUTLOOK)
+    assert left > 0.5 * tol * min(1.0, per_window / (1 - per_window) / MAX_OUTLOOK)
 
 
 def test_plateau_stops_at_the_known_optimum_before_the_cap():

@@ -4,8 +4,12 @@ objective stops improving, not for a fixed number of steps) and one Adam on bare
 A fixed step count understates what an attack does whenever its objective is still moving at
 the last step (tgda-feature: 20 → 100 leader steps moved a default cell from 13.3 to 19.3 pt).
 ``Plateau`` watches one scalar per step (the attacker objective, to maximise or minimise) and
-stops when the best value improved by less than ``tol`` (relative) over the last ``window``
-steps; ``max_steps`` is only a safety cap, and hitting it is reported (``converged=False``).
+stops when the gain still to come is below ``tol`` (relative): the best value's gain over the
+last ``window`` steps times ``outlook``, the number of such gains a geometric extrapolation of
+the recent gains still promises (1 when gains shrink fast, up to ``MAX_OUTLOOK`` on a steady
+climb). Without it a slow, steady climb stopped as soon as one window gained less than ``tol``
+(unconstrained tgda on the default: 7–13 pt short at eps 0.1, BENCHMARKS.md). ``max_steps``
+is only a safety cap, and hitting it is reported (``converged=False``).
 When the objective has not set a new best for ``patience`` steps the optimiser should go back
 to its best iterate with a smaller step (``restart_due``): with a constant step size that is
 what lets a plateau be a real optimum rather than an oscillation. The converse
@@ -122,6 +126,7 @@ def check_growth(factor: float, who: str) -> float:
     return float(factor)
 
 
+MAX_OUTLOOK = 20.0  # most gains-to-come a steady climb is credited with (Plateau.outlook)
 STILL_RISING_RATIO = 0.75  # gain_ratio at or above which a stopped run was still climbing
 
 
@@ -189,13 +194,26 @@ class Plateau:
         """True once converged (plateau or ``reach``) or the step cap is hit (not converged)."""
         if self.converged:
             return True
-        if self.relative_gain() < self.rule.tol:
+        if self.relative_gain() * self.outlook() < self.rule.tol:
             self.converged, self.reason = True, "plateau"
             return True
         if self.steps >= self.rule.max_steps:
             self.reason = "max_steps"
             return True
         return False
+
+    def outlook(self) -> float:
+        """Gains still to come, in units of the last window's: ``r / (1 − r)`` (the tail of a
+        geometric series with ``r = gain_ratio``), at least 1 (the last window's own gain:
+        runs whose gains shrink fast stop as they always did) and at most ``MAX_OUTLOOK`` (a
+        steady climb, ``r`` → 1, stops once a window gains less than ``tol / MAX_OUTLOOK``
+        rather than never); 1 before two windows exist."""
+        r = self.gain_ratio()
+        if math.isnan(r):
+            return 1.0
+        if r >= 1.0:
+            return MAX_OUTLOOK
+        return min(max(1.0, r / (1.0 - r)), MAX_OUTLOOK)
 
     def restart_due(self) -> bool:
         """True (once per stall) after ``patience`` steps without a new best."""
@@ -215,24 +233,28 @@ class Plateau:
         return False
 
     def gain_ratio(self) -> float:
-        """Gain of the best value over the last ``window`` steps divided by its gain over the
-        window before (0 without a recent gain, inf when only the last window gained; nan
-        before two windows). A run converging on an optimum shrinks its gains geometrically
-        (ratio ≪ 1: on the default tgda-feature stops at 0.03–0.35, box tgda and gc-input at
-        0.24–0.74); a slow, steady climb keeps them (unconstrained tgda stops at 0.78–0.89)."""
+        """How much the best value's gains shrink per ``window``: the gain over the last span
+        divided by the gain over the span before, per window (0 without a recent gain, inf
+        when only the last span gained; nan before two windows). The spans are two windows
+        long once four windows exist (the square root of their ratio): one window pair is
+        noisy, and on the default it read 0.65 on climbs whose two-window ratio was 0.9–1.0.
+        A run converging on an optimum shrinks its gains geometrically (ratio ≪ 1); a slow,
+        steady climb keeps them (ratio near 1)."""
         w = self.rule.window
         if len(self.best_trace) <= 2 * w:
             return math.nan
-        now, mid, old = self.best_trace[-1], self.best_trace[-1 - w], self.best_trace[-1 - 2 * w]
-        last, before = self._gain(now, mid), self._gain(mid, old)
+        span = 2 * w if len(self.best_trace) > 4 * w else w
+        now, mid = self.best_trace[-1], self.best_trace[-1 - span]
+        last, before = self._gain(now, mid), self._gain(mid, self.best_trace[-1 - 2 * span])
         if last <= 0:
             return 0.0
-        return last / before if before > 0 else math.inf
+        return (last / before) ** (w / span) if before > 0 else math.inf
 
     def still_rising(self) -> bool:
-        """The gains shrank by less than a quarter over the last window (``gain_ratio`` ≥
-        0.75): the run stopped on a slow climb whose gains just fell under ``tol``, not near
-        an optimum, and more steps would go on climbing; its result is a lower bound."""
+        """The gains shrink by less than a quarter per window (``gain_ratio`` ≥ 0.75): the run
+        stopped on a slow climb (on the cap, or once a window gained less than ``tol`` over
+        ``outlook`` ≥ 3), not near an optimum, and more steps would go on climbing; its
+        result is a lower bound."""
         return self.gain_ratio() >= STILL_RISING_RATIO
 
     def summary(self, keep: int = 200) -> dict[str, Any]:
