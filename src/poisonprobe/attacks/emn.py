@@ -69,8 +69,8 @@ def emn(
     """Error-minimising noise on an ``eps`` fraction of the training set (or ``fraction="all"``).
 
     Each round: fit the surrogate head on the current (partly perturbed) features, then sign
-    steps of ``step_size`` that *lower* the CE of the perturbed points until that CE improves
-    by less than ``tol`` over ``window`` steps (at most ``max_steps`` per round; after
+    steps of ``step_size`` that *lower* the CE of the perturbed points until that CE has less
+    than ``tol`` left to gain (``_optim.Plateau``; at most ``max_steps`` per round; after
     ``patience`` steps without a new best, back to the best noise at half the step); stop
     when their surrogate error is below ``stop_error`` or after ``max_rounds``.
     """

@@ -54,8 +54,8 @@ def gradpc(
 
     ``radius`` is absolute (parameter units); ``lr`` defaults to ``radius / 5`` and is halved
     (back at the best iterate) after ``patience`` steps without a new best clean loss, so the
-    iterate settles on the ball instead of oscillating; stops when the clean loss improves by
-    less than ``tol`` over ``window`` steps (``_optim.Plateau``), at most ``steps``.
+    iterate settles on the ball instead of oscillating; stops when the clean loss has less
+    than ``tol`` left to gain (``_optim.Plateau``), at most ``steps``.
     """
     if norm not in NORMS:
         raise ConfigError(f"GradPC norm={norm!r} is unknown; use one of {NORMS}")

@@ -549,7 +549,7 @@ class _ImageLeader:
 @register_attack("tgda", regimes=("unconstrained", "box"), validate=_validate_images)
 def tgda(
     ctx: AttackContext,
-    max_steps: int = 1000,
+    max_steps: int = 2000,
     tol: float = 5e-3,
     window: int = 15,
     patience: int = 4,
@@ -578,7 +578,7 @@ def tgda(
     ``exact`` (explicit + Cholesky), ``cg`` (``cg_iters`` CG iterations, warm-started) or
     ``auto`` (by size). ``lr`` (constant) defaults to 0.3 pixels (adam, images), 0.02 (sign)
     or 1e-3 (generator). Runs until the attacker objective (clean-train CE of the retrained
-    head) improves by less than ``tol`` over ``window`` steps (``_optim.Plateau``), at most
+    head) has less than ``tol`` left to gain (``_optim.Plateau``, ``window``-step gains), at most
     ``max_steps``; after ``patience`` steps without a new best the images go back to the best
     ones with half the step size (the generator only halves its step).
     ``follower_tol``: ‖∇F‖ to which the follower is re-solved at every leader step

@@ -206,11 +206,12 @@ def convergence_section(df: pd.DataFrame) -> list[str]:
     lines = [
         "## Convergence (attack objective, steps, stopped on a plateau)",
         "",
-        "Every iterative attack stops when its own objective improves by less than `tol` "
-        "(relative) over `window` steps; `converged = False` means the `max_steps` cap "
-        "stopped it and the drop may understate the attack. `still_rising = True`: its gains "
-        "shrank by less than a quarter over the last window (a slow climb that fell under "
-        "`tol`, not an optimum approached): more steps or a smaller `tol` would go on, so "
+        "Every iterative attack stops when the gain its own objective still promises falls "
+        "below `tol` (relative): the last `window` steps' gain times a geometric "
+        "extrapolation of the recent gains (1 to 20 windows' worth); `converged = False` "
+        "means the `max_steps` cap stopped it and the drop may understate the attack. "
+        "`still_rising = True`: its gains shrink by less than a quarter per window (a slow "
+        "climb, not an optimum approached): more steps or a smaller `tol` would go on, so "
         "read that drop as a lower bound too. "
         "The objective-vs-step figures "
         "below show the traces. `eps_needed` (FT rows) is a *necessary* condition for a "

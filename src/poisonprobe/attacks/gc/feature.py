@@ -120,7 +120,7 @@ def feature_gc(
 
     ``lr`` (constant) is relative to ``scale`` (default: the std of ``z_init``), so one value
     serves extractors with very different feature magnitudes. Stops once the objective < tol
-    (attained), or when it improved by less than ``rel_tol`` over ``window`` steps, at most
+    (attained), or when it has less than ``rel_tol`` left to gain (``window``-step gains), at most
     ``steps``; after ``patience`` steps without a new best, ζ goes back to the best iterate
     at half the step with fresh Adam moments (``_optim.Plateau``).
     ``dtype``: the working precision. float32 by default: Adam's steps are scale-free and the

@@ -136,7 +136,7 @@ def gc_input(
     ``lr`` defaults to 0.1 (adam) / 0.02 (sign) in pixel units, constant; ``radius`` is
     the GradPC target's L2 radius relative to ||w0||; ``labels`` ``clean`` (predecessor
     default) or ``confusable``. Stops when the relative GC objective falls below ``goal``
-    (converged) or improves by less than ``tol`` over ``window`` steps (``_optim.Plateau``),
+    (converged) or has less than ``tol`` left to gain (``_optim.Plateau``, ``window``-step gains),
     at most ``max_steps``.
     ``patience``: after this many passes in a row without a new best objective, the images go
     back to the best iterate with half the step size and Adam restarts (on 3×32×32 CIFAR
