@@ -8,7 +8,7 @@ stops when the gain still to come is below ``tol`` (relative): the best value's 
 last ``window`` steps times ``outlook``, the number of such gains a geometric extrapolation of
 the recent gains still promises (1 when gains shrink fast, up to ``MAX_OUTLOOK`` on a steady
 climb). Without it a slow, steady climb stopped as soon as one window gained less than ``tol``
-(unconstrained tgda on the default: 14–18 pt short at eps 0.1, BENCHMARKS.md). ``max_steps``
+(unconstrained tgda on the default: 14–19 pt short at eps 0.1, BENCHMARKS.md). ``max_steps``
 is only a safety cap, and hitting it is reported (``converged=False``).
 When the objective has not set a new best for ``patience`` steps the optimiser should go back
 to its best iterate with a smaller step (``restart_due``): with a constant step size that is
