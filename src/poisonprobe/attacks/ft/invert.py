@@ -108,10 +108,9 @@ def train_decoder(
 ) -> Decoder:
     """Fit a decoder z ↦ x by MSE on clean (f(x), x) pairs; the extractor stays frozen.
 
-    Runs until the running minibatch loss has less than ``tol`` left to gain
-    (``_optim.Plateau``, ``window``-step gains; at most ``steps``), halving Adam's step after
-    ``patience`` steps without a new best; ``decoder.summary`` records the steps and whether
-    it converged.
+    Runs until the minibatch loss has less than ``tol`` left to gain (``_optim.Plateau``; at
+    most ``steps``), halving Adam's step after ``patience`` steps without a new best;
+    ``decoder.summary`` records the steps and whether it converged.
 
     ``features`` (the cached f(images)) skips re-encoding; ``domain`` defaults to the
     extractor's. Deterministic for a seed (own generator; global RNG untouched).
