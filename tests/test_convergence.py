@@ -207,6 +207,9 @@ def test_bad_stop_rule_is_one_line(kwargs, needle):
         ({"name": "tgda-feature", "defense": "knn"}, "defense='knn'"),
         ({"name": "ft-match", "source": "tgda"}, "source='tgda'"),
         ({"name": "kkt", "target": "gradpc"}, "target='gradpc'"),
+        ({"name": "tgda", "starts": 0}, "starts=0"),
+        ({"name": "tgda", "starts": 2.5}, "starts=2.5"),
+        ({"name": "tgda", "start_steps": 0}, "start_steps=0"),
     ],
 )
 def test_bad_values_are_refused_when_the_config_is_parsed(entry, needle):
@@ -339,3 +342,30 @@ def test_reported_objective_is_the_exactly_retrained_victims(tiny, name):
     assert ps.info["attack_objective"] == pytest.approx(ce, rel=1e-6)
     assert ps.info["val_loss"] == ps.info["attack_objective"]
     assert abs(ps.info["objective_at_follower_tol"] - ce) > 1e-6
+
+
+def test_tgda_starts_probes_each_draw_and_continues_the_best(tiny):
+    """``starts``: each draw climbs ``start_steps`` leader steps, the highest objective then
+    runs on. Start 0 is the single-start attack's own draw (same salt), so when it wins the
+    result is the one-start result bit for bit; a different winner is a different draw."""
+    ctx = _ctx(tiny, eps=0.1, regime="unconstrained")
+    rule = dict(max_steps=12, tol=1e-12)
+    one = get_attack("tgda").fn(ctx, starts=1, **rule)
+    many = get_attack("tgda").fn(ctx, starts=3, start_steps=4, **rule)
+    info = many.info
+    best = max(range(3), key=lambda j: info["start_objectives"][j])
+    assert info["starts"] == 3 and info["start_chosen"] == best
+    assert info["attack_steps"] == 12 and info["start_steps_total"] == 12 + 2 * 4
+    assert info["attack_objective"] >= max(info["start_objectives"]) - 1e-5  # victim's tol
+    probe = max(info["objective_trace"][:4])  # the winner's trace starts with its probe
+    assert info["start_objectives"][best] == pytest.approx(probe, abs=1e-7)
+    first = max(one.info["objective_trace"][:4])  # the trace is rounded to 8 digits
+    assert info["start_objectives"][0] == pytest.approx(first, abs=1e-7)  # the same draw
+    assert "starts" not in one.info  # one start: the row's info is what it always was
+    short = get_attack("tgda").fn(ctx, starts=2, start_steps=60, max_steps=5, tol=1e-12)
+    assert short.info["attack_steps"] == 5 and short.info["start_steps_total"] == 10  # capped
+    if best == 0:
+        assert torch.equal(many.x, one.x)
+    else:
+        assert not torch.equal(many.base_idx, one.base_idx)
+        assert info["objective_trace"][:4] != one.info["objective_trace"][:4]

@@ -871,6 +871,18 @@ def _cases() -> list[Case]:
         lambda d: run_cfg(d, {"attacks": [{"name": "tgda", "lr_growth": 0.5}]}),
     )
     add(
+        "tgda starts below one",
+        "`attacks: [{name: tgda, starts: 0}]`",
+        "starts=0",
+        lambda d: run_cfg(d, {"attacks": [{"name": "tgda", "starts": 0}]}),
+    )
+    add(
+        "tgda start probe not a positive integer",
+        "`attacks: [{name: tgda, start_steps: 0.5}]`",
+        "start_steps=0.5",
+        lambda d: run_cfg(d, {"attacks": [{"name": "tgda", "start_steps": 0.5}]}),
+    )
+    add(
         "plateau step cap below one",
         "`attacks: [{name: tgda-feature, max_steps: 0}]`",
         "max_steps=0",
