@@ -592,9 +592,8 @@ def _best_start(
     ctx: AttackContext, climbs: list[_ImageClimb], start_steps: int
 ) -> tuple[int, list[float]]:
     """Probe every start for ``start_steps`` leader steps: the index of the highest objective,
-    and each start's best objective after its probe. On the default (unconstrained, eps 0.03,
-    six random starts per setting) the start ahead after 60 steps was also ahead after 600
-    (BENCHMARKS.md)."""
+    and each start's best objective after its probe (a start that converges within its probe
+    stops there: with ``start_steps`` >= ``max_steps`` every start runs to its end)."""
     if len(climbs) == 1:
         return 0, []
     for j, climb in enumerate(climbs):
@@ -654,7 +653,7 @@ def tgda(
     defense_aware: bool = False,
     defense: str = "sphere+slab",
     defense_fraction: float | None = None,
-    starts: int = 3,
+    starts: int = 1,
     start_steps: int = 60,
 ) -> PoisonSet:
     """Total gradient descent ascent: poisons (images or a generator) vs the linear head.
@@ -676,9 +675,11 @@ def tgda(
     attack again: image features cannot be projected, so they are steered.
     ``starts``: random draws of base images (and their labels), each climbed for
     ``start_steps`` leader steps (at most ``max_steps``); the one with the highest objective
-    then runs on to convergence (its probe counts in its ``max_steps``). One draw decided
-    much of what unconstrained tgda reached at small eps (default, eps 0.03: 17.6 to 38.7 pt
-    over three seeds); ``starts: 1`` is the single draw of earlier versions.
+    then runs on to convergence (its probe counts in its ``max_steps``). ``starts: 1``
+    (default) is the single draw. A 60-step probe is a weak judge: on the default's three
+    seeds, where it switched away from the first draw the switch ended lower in 7 of 11
+    unconstrained cells (BENCHMARKS.md, "Several starts for tgda"); ``start_steps`` as large
+    as ``max_steps`` runs every draw to its end and keeps the best (N× the time).
     """
     _check_common(follower, follower_steps)
     rule = stop_rule("tgda", tol, window, max_steps, patience)

@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import ConfigError
 from .config import Config
 
-RESULTS_VERSION = 5  # 5: tgda starts (#15); 4: target_acc renamed target_head_acc (#19); 3: plateau
+RESULTS_VERSION = 4  # 4: column target_acc renamed target_head_acc (#19); 3: plateau (#15)
 """Bump when a code change alters results: old rows then stop matching (they are refused)."""
 
 NON_RESULT_KEYS = frozenset({"save_poisons", "download"})
