@@ -362,6 +362,13 @@ def test_tgda_starts_probes_each_draw_and_continues_the_best(tiny):
     first = max(one.info["objective_trace"][:4])  # the trace is rounded to 8 digits
     assert info["start_objectives"][0] == pytest.approx(first, abs=1e-7)  # the same draw
     assert "starts" not in one.info  # one start: the row's info is what it always was
+    # probes as long as the cap: every draw runs to its end, draw 0 exactly as the one-start
+    # attack, so the kept draw is at least as strong as the single draw
+    full = get_attack("tgda").fn(ctx, starts=3, start_steps=12, **rule).info
+    assert full["start_steps_total"] == 3 * 12
+    assert full["start_objectives"][0] == pytest.approx(max(one.info["objective_trace"]), abs=1e-7)
+    assert full["start_objectives"][full["start_chosen"]] == max(full["start_objectives"])
+    assert full["attack_objective"] >= one.info["attack_objective"] - 1e-9
     short = get_attack("tgda").fn(ctx, starts=2, start_steps=60, max_steps=5, tol=1e-12)
     assert short.info["attack_steps"] == 5 and short.info["start_steps_total"] == 10  # capped
     if best == 0:
