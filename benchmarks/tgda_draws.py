@@ -43,9 +43,8 @@ print(json.dumps([trace[n // stride] for n in {marks}] + [ps.info["attack_object
 
 def run_draw(setting: str, draw: int, args: argparse.Namespace) -> list[float]:
     """The objective at each mark and the best at the end, for one draw in a fresh process."""
-    marks = list(MARKS)
     code = CHILD.format(
-        bench=str(HERE), setting=setting, eps=args.eps, draw=draw, steps=args.steps, marks=marks
+        bench=str(HERE), setting=setting, eps=args.eps, draw=draw, steps=args.steps, marks=MARKS
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(

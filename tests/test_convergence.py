@@ -369,6 +369,9 @@ def test_tgda_starts_probes_each_draw_and_continues_the_best(tiny):
     assert full["start_objectives"][0] == pytest.approx(max(one.info["objective_trace"]), abs=1e-7)
     assert full["start_objectives"][full["start_chosen"]] == max(full["start_objectives"])
     assert full["attack_objective"] >= one.info["attack_objective"] - 1e-9
+    for bad in (dict(starts=0), dict(start_steps=True)):  # direct calls skip the parse
+        with pytest.raises(ConfigError, match="must be an integer >= 1"):
+            get_attack("tgda").fn(ctx, **bad)
     short = get_attack("tgda").fn(ctx, starts=2, start_steps=60, max_steps=5, tol=1e-12)
     assert short.info["attack_steps"] == 5 and short.info["start_steps_total"] == 10  # capped
     if best == 0:

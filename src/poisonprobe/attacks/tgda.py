@@ -430,7 +430,6 @@ class PoisonGenerator(nn.Module):
 
 def _validate_images(p: dict) -> None:
     _validate_common(p, "tgda")
-    _check_starts(p["starts"], p["start_steps"])
     check_growth(p["lr_growth"], "tgda")
     _check_leader(p["leader"])
     check_optimizer(p["optimizer"])
@@ -724,7 +723,8 @@ def tgda(
 
 
 def _check_starts(starts: int, start_steps: int) -> None:
-    """``starts`` >= 1 draws, each probed for ``start_steps`` >= 1 leader steps."""
+    """``starts`` >= 1 draws, each probed for ``start_steps`` >= 1 leader steps: for direct
+    calls (a parsed config has these from ``AttackInfo.check_params``: int type, > 0)."""
     for key, value in (("starts", starts), ("start_steps", start_steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"tgda {key}={value!r} must be an integer >= 1")
