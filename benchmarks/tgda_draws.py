@@ -1,14 +1,22 @@
-"""How much the start draw decides what unconstrained tgda reaches, and whether a short probe
-tells the draws apart (BENCHMARKS.md, "Several starts for tgda").
+"""How much the start draw decides what unconstrained tgda reaches, whether a short probe
+tells the draws apart, and whether starting from a larger budget's poisons helps
+(BENCHMARKS.md, "Several starts for tgda").
 
     python benchmarks/tgda_draws.py [--draws 6 --steps 600 --eps 0.03 --jobs 2]
+    python benchmarks/tgda_draws.py --draws 3 --steps 0 --from-eps 0.1
 
 Draw ``s`` is what seed ``s`` starts from (base images and confusable labels) on the embedded
-default's extractor and split. Each draw runs exactly ``--steps`` leader steps (``tol`` far
-below reach) in its own one-thread child process; the table shows its attacker objective
-(clean-train CE of the retrained head) at steps 60 and 120 (the objective trace's entry there)
-and its best after ``--steps`` steps (``attack_objective``), the best draw per row in bold.
-Not part of the test suite.
+default's extractor and split. Each draw runs in its own one-thread child process, exactly
+``--steps`` leader steps (``tol`` far below reach), or with ``--steps 0`` until tgda's own stop
+rule ends it (its defaults: what the default run does). The table shows the attacker objective
+(clean-train CE of the retrained head) at steps 60 and 120 (the objective trace's entry there,
+``--steps`` > 0 only), its best at the end (``attack_objective``) and, with ``--steps 0``, the
+steps run; the best draw per row in bold.
+
+``--from-eps E``: each draw also runs tgda at eps ``E`` (same seed, same step rule) and then,
+from a random subset of those poisons (``n_p`` of them, images and labels; the subset drawn by
+a generator seeded with the draw), at ``--eps``: "reuse across eps" as a start. Both rows are
+printed, the fresh draw's first. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -31,20 +39,44 @@ import torch
 torch.set_num_threads(1)
 from harness import digits_setting
 from poisonprobe.attacks import AttackContext, get_attack
+import poisonprobe.attacks.tgda as tgda_module
 prep, _ = digits_setting({setting!r})
-ctx = AttackContext.build(prep.extractor, prep.target.train, {eps}, regime="unconstrained",
-                          victim=prep.clean_victim, z_train=prep.z_train, seed={draw},
-                          clean_head=prep.clean_head, memo={{}})
-ps = get_attack("tgda").fn(ctx, max_steps={steps}, tol=1e-12)
-trace, stride = ps.info["objective_trace"], ps.info["objective_trace_stride"]
-print(json.dumps([trace[n // stride] for n in {marks}] + [ps.info["attack_objective"]]))
+rule = dict(max_steps={steps}, tol=1e-12) if {steps} else {{}}
+
+def context(eps):
+    return AttackContext.build(prep.extractor, prep.target.train, eps, regime="unconstrained",
+                               victim=prep.clean_victim, z_train=prep.z_train, seed={draw},
+                               clean_head=prep.clean_head, memo={{}})
+
+def summary(ps):
+    trace, stride = ps.info["objective_trace"], ps.info["objective_trace_stride"]
+    marks = [trace[n // stride] for n in {marks}] if {steps} else []
+    return marks + [ps.info["attack_objective"], ps.info["attack_steps"]]
+
+ctx = context({eps})
+out = [summary(get_attack("tgda").fn(ctx, **rule))]
+if {from_eps}:
+    big = get_attack("tgda").fn(context({from_eps}), **rule)
+    pick = torch.Generator().manual_seed({draw})
+    sel = torch.randperm(len(big.y), generator=pick)[: ctx.n_poison]
+    start = (big.base_idx[sel], big.x[sel].clone(), big.y[sel].clone())
+    tgda_module.init_poisons = lambda *args, **kwargs: start
+    out.append(summary(get_attack("tgda").fn(ctx, **rule)))
+print(json.dumps(out))
 """
 
 
-def run_draw(setting: str, draw: int, args: argparse.Namespace) -> list[float]:
-    """The objective at each mark and the best at the end, for one draw in a fresh process."""
+def run_draw(setting: str, draw: int, args: argparse.Namespace) -> list[list[float]]:
+    """Per start (fresh, and from ``--from-eps``'s poisons): the objective at each mark, the
+    best at the end and the steps run, for one draw in a fresh process."""
     code = CHILD.format(
-        bench=str(HERE), setting=setting, eps=args.eps, draw=draw, steps=args.steps, marks=MARKS
+        bench=str(HERE),
+        setting=setting,
+        eps=args.eps,
+        draw=draw,
+        steps=args.steps,
+        marks=MARKS,
+        from_eps=args.from_eps or 0,
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
@@ -53,24 +85,41 @@ def run_draw(setting: str, draw: int, args: argparse.Namespace) -> list[float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def table_rows(results: dict, args: argparse.Namespace) -> list[str]:
+    """Markdown rows: per setting and start, the marks, the final objective and the steps."""
+    draws = range(args.draws)
+    starts = ["", f", from eps {args.from_eps}"] if args.from_eps else [""]
+    labels = [f"{m} steps" for m in MARKS] + [f"{args.steps} steps"] if args.steps else []
+    lines = []
+    for setting in ("finetune", "transfer"):
+        for j, start in enumerate(starts):
+            values = [[results[(setting, d)][j][i] for d in draws] for i in range(len(labels))]
+            named = list(zip(labels, values, strict=True))
+            if not args.steps:
+                named.append(("final", [results[(setting, d)][j][-2] for d in draws]))
+            for label, row in named:
+                cells = [f"**{v:.3f}**" if v == max(row) else f"{v:.3f}" for v in row]
+                lines.append(f"| {setting}{start}, {label} | " + " | ".join(cells) + " |")
+            if not args.steps:
+                steps = [str(results[(setting, d)][j][-1]) for d in draws]
+                lines.append(f"| {setting}{start}, steps | " + " | ".join(steps) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--draws", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=600, help="0: tgda's own stop rule")
     parser.add_argument("--eps", type=float, default=0.03)
+    parser.add_argument("--from-eps", type=float, default=None, help="also start from its poisons")
     parser.add_argument("--jobs", type=int, default=2, help="child processes at a time")
     args = parser.parse_args()
     jobs = [(s, d) for s in ("finetune", "transfer") for d in range(args.draws)]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = dict(zip(jobs, pool.map(lambda job: run_draw(*job, args), jobs), strict=True))
-    draws = range(args.draws)
-    print("| setting | " + " | ".join(f"draw {d}" for d in draws) + " |")
+    print("| setting | " + " | ".join(f"draw {d}" for d in range(args.draws)) + " |")
     print("|---" * (args.draws + 1) + "|")
-    for setting in ("finetune", "transfer"):
-        for i, mark in enumerate([*MARKS, args.steps]):
-            row = [results[(setting, d)][i] for d in draws]
-            cells = [f"**{v:.3f}**" if v == max(row) else f"{v:.3f}" for v in row]
-            print(f"| {setting}, {mark} steps | " + " | ".join(cells) + " |")
+    print("\n".join(table_rows(results, args)))
 
 
 if __name__ == "__main__":
