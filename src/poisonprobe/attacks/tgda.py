@@ -63,11 +63,11 @@ FOLLOWER_MODES = ("exact", "steps")
 # (``exact_objective``).
 FOLLOWER_TOL = 3e-4
 # leader steps each of several tgda starts climbs before the best runs on (``starts`` > 1).
-# Replayed on the six unconstrained eps-0.03 cells of the default's three seeds, three draws
+# Replayed on the default's 12 unconstrained eps-0.03 / 0.1 cells (three seeds), three draws
 # each run to its end (benchmarks/tgda_probe.py): a 500-step probe picks the draw that ends
-# best in 5 of 6 cells, its end objective 0.002 below the best end on average, for 1.63× one
-# draw's leader steps; 60 steps (the first default): 4 of 6, 0.053 below, 1.08×; every draw
-# to its end: 6 of 6, 2.83× (BENCHMARKS.md, "Several starts for tgda").
+# best in 11 of 12 (the twelfth ~0.01 lower in objective) for 1.63× / 2.14× one draw's leader
+# steps; 60 steps (the first default): 5 of 12; every draw to its end: 2.83× / 3.04×
+# (BENCHMARKS.md, "Several starts for tgda").
 START_STEPS = 500
 
 # ---------------------------------------------------------------------------------------------
