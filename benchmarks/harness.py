@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -173,6 +177,39 @@ def digits_setting(name: str = "finetune"):
         setting, cfg.extractors[0], cfg, torch.device("cpu"), Reporter(quiet=True), FeatureCache()
     )
     return prep, cfg
+
+
+def unconstrained_context(prep, eps: float, seed: int):
+    """The ``AttackContext`` of an unconstrained cell of a ``digits_setting``: what the runner
+    builds for (eps, seed), with a memo of its own."""
+    from poisonprobe.attacks import AttackContext
+
+    return AttackContext.build(
+        prep.extractor,
+        prep.target.train,
+        eps,
+        regime="unconstrained",
+        victim=prep.clean_victim,
+        z_train=prep.z_train,
+        seed=seed,
+        clean_head=prep.clean_head,
+        memo={},
+    )
+
+
+def one_thread_children(codes: dict[Any, str], jobs: int) -> dict[Any, Any]:
+    """Run each Python ``code`` in a fresh one-thread process, ``jobs`` at a time: by key, the
+    last line each printed, parsed as JSON (a failing child raises with its output)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(code: str) -> Any:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return dict(zip(codes, pool.map(run, codes.values()), strict=True))
 
 
 class RandomProjection(nn.Module):

@@ -22,12 +22,9 @@ printed, the fresh draw's first. Not part of the test suite.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from harness import one_thread_children
 
 HERE = Path(__file__).resolve().parent
 MARKS = (60, 120)  # probe lengths shown beside the last step
@@ -37,16 +34,14 @@ import json, sys
 sys.path.insert(0, {bench!r})
 import torch
 torch.set_num_threads(1)
-from harness import digits_setting
-from poisonprobe.attacks import AttackContext, get_attack
+from harness import digits_setting, unconstrained_context
+from poisonprobe.attacks import get_attack
 import poisonprobe.attacks.tgda as tgda_module
 prep, _ = digits_setting({setting!r})
 rule = dict(max_steps={steps}, tol=1e-12) if {steps} else {{}}
 
 def context(eps):
-    return AttackContext.build(prep.extractor, prep.target.train, eps, regime="unconstrained",
-                               victim=prep.clean_victim, z_train=prep.z_train, seed={draw},
-                               clean_head=prep.clean_head, memo={{}})
+    return unconstrained_context(prep, eps, {draw})
 
 def summary(ps):
     trace, stride = ps.info["objective_trace"], ps.info["objective_trace_stride"]
@@ -66,10 +61,10 @@ print(json.dumps(out))
 """
 
 
-def run_draw(setting: str, draw: int, args: argparse.Namespace) -> list[list[float]]:
-    """Per start (fresh, and from ``--from-eps``'s poisons): the objective at each mark, the
-    best at the end and the steps run, for one draw in a fresh process."""
-    code = CHILD.format(
+def child_code(setting: str, draw: int, args: argparse.Namespace) -> str:
+    """One draw's child: per start (fresh, and from ``--from-eps``'s poisons) it prints the
+    objective at each mark, the best at the end and the steps run."""
+    return CHILD.format(
         bench=str(HERE),
         setting=setting,
         eps=args.eps,
@@ -78,11 +73,6 @@ def run_draw(setting: str, draw: int, args: argparse.Namespace) -> list[list[flo
         marks=MARKS,
         from_eps=args.from_eps or 0,
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def table_rows(results: dict, args: argparse.Namespace) -> list[str]:
@@ -115,8 +105,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="child processes at a time")
     args = parser.parse_args()
     jobs = [(s, d) for s in ("finetune", "transfer") for d in range(args.draws)]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = dict(zip(jobs, pool.map(lambda job: run_draw(*job, args), jobs), strict=True))
+    results = one_thread_children({job: child_code(*job, args) for job in jobs}, args.jobs)
     print("| setting | " + " | ".join(f"draw {d}" for d in range(args.draws)) + " |")
     print("|---" * (args.draws + 1) + "|")
     print("\n".join(table_rows(results, args)))

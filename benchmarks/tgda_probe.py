@@ -16,12 +16,9 @@ Not part of the test suite.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from harness import one_thread_children
 
 HERE = Path(__file__).resolve().parent
 PROBES = (60, 120, 250, 500, 1000, 2000)
@@ -31,13 +28,11 @@ import json, sys
 sys.path.insert(0, {bench!r})
 import torch
 torch.set_num_threads(1)
-from harness import digits_setting
-from poisonprobe.attacks import AttackContext, get_attack
+from harness import digits_setting, unconstrained_context
+from poisonprobe.attacks import get_attack
 import poisonprobe.attacks.tgda as tgda_module
 prep, _ = digits_setting({setting!r})
-ctx = AttackContext.build(prep.extractor, prep.target.train, {eps}, regime="unconstrained",
-                          victim=prep.clean_victim, z_train=prep.z_train, seed={seed},
-                          clean_head=prep.clean_head, memo={{}})
+ctx = unconstrained_context(prep, {eps}, {seed})
 kept = []
 info_of = tgda_module._climb_info
 def keep_climbs(climbs, *args):
@@ -49,16 +44,11 @@ print(json.dumps([climb.plateau.best_trace for climb in kept]))
 """
 
 
-def run_cell(setting: str, seed: int, args: argparse.Namespace) -> list[list[float]]:
-    """Every draw's best-so-far objective per step, for one (setting, seed) in a fresh process."""
-    code = CHILD.format(
+def child_code(setting: str, seed: int, args: argparse.Namespace) -> str:
+    """One (setting, seed)'s child: it prints every draw's best-so-far objective per step."""
+    return CHILD.format(
         bench=str(HERE), setting=setting, eps=args.eps, seed=seed, starts=args.starts
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def replay(traces: list[list[float]], probe: int) -> tuple[int, float, int]:
@@ -78,8 +68,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="child processes at a time")
     args = parser.parse_args()
     jobs = [(s, seed) for s in ("finetune", "transfer") for seed in range(args.seeds)]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        cells = dict(zip(jobs, pool.map(lambda job: run_cell(*job, args), jobs), strict=True))
+    cells = one_thread_children({job: child_code(*job, args) for job in jobs}, args.jobs)
     print("| setting, seed | each draw's end objective (steps) |")
     print("|---|---|")
     for (setting, seed), traces in cells.items():
