@@ -111,6 +111,35 @@ def test_plateau_stops_at_the_known_optimum_before_the_cap():
     assert plateau.best == pytest.approx(-1.0, abs=1e-4)
 
 
+def test_a_run_that_never_beats_its_start_is_flagged_not_passed_off_as_converged():
+    """Every step below the start (maximising): the rule stops after one window, and the
+    row must say it reports the start (``never_improved``), unlike a run that gained, or one
+    whose start already was a known optimum (``reach``)."""
+    stalled = Plateau(StopRule(tol=1e-3, window=4, max_steps=100, patience=2))
+    value = 1.0
+    while not stalled.done():
+        stalled.record(value)
+        value -= 0.1  # every step overshoots downhill
+    summary = stalled.summary()
+    assert stalled.steps == 5 and stalled.best_step == 0
+    assert summary["never_improved"] is True and summary["stop_reason"] == "no gain on its start"
+    assert summary["converged"] is True and summary["attack_objective"] == 1.0
+    gained = Plateau(StopRule(tol=1e-3, window=4, max_steps=100))
+    for v in [1.0, 1.5, 1.5, 1.5, 1.5, 1.5]:
+        gained.record(v)
+    assert gained.done() and gained.reason == "plateau" and not gained.never_improved()
+    minimised = Plateau(StopRule(tol=1e-3, window=2, max_steps=100), maximize=False)
+    for v in [1.0, 1.2, 1.1]:
+        minimised.record(v)
+    assert minimised.done() and minimised.never_improved()  # direction is the plateau's own
+    optimal = Plateau(StopRule(tol=1e-3, window=2, max_steps=100), maximize=False)
+    optimal.record(0.0)
+    optimal.record(0.0)
+    optimal.reach("attained")
+    assert optimal.done() and not optimal.never_improved()
+    assert Plateau(StopRule()).summary()["never_improved"] is False  # no steps yet
+
+
 def test_plateau_restarts_rescue_an_overshooting_step():
     """lr = 1.5 makes every step overshoot (|1 − 2·lr| = 2): only restarts converge."""
     plateau, x = _ascend(StopRule(tol=1e-6, window=8, max_steps=2000, patience=2), lr=1.5)

@@ -103,3 +103,27 @@ def test_the_convergence_table_flags_runs_that_stopped_still_rising(tmp_path):
     df.loc[df["attack"] == "emn", "converged"] = False
     assert understated_note(df).startswith("note: of 3 iterative rows, 1 hit their max_steps")
     assert understated_note(df[df["attack"] == "tgda-feature"]) is None
+    assert "never_improved" not in header  # the column only where a row is flagged
+
+
+def test_rows_that_never_beat_their_start_are_counted_and_shown(tmp_path):
+    """``never_improved`` (from ``info``) adds its clause to the console note and its column
+    to the convergence table, both only when some row carries it."""
+    from poisonprobe.report.markdown import convergence_section, understated_note
+
+    store = ResultsStore(tmp_path / "results.csv")
+    for attack, stalled in [("tgda", True), ("tgda-feature", False)]:
+        row = _row(attack, True, {"never_improved": stalled, "still_rising": False})
+        row.update(attack_steps=16, attack_objective=0.05)
+        store.append(row)
+    df = read_results(store.path)
+    assert understated_note(df) == (
+        "note: of 2 iterative rows, 0 hit their max_steps cap, 0 stopped still climbing "
+        "(still_rising), 1 never improved on their start (never_improved): their drops are "
+        "lower bounds (report.md, Convergence; a smaller tol or larger max_steps goes further)"
+    )
+    lines = "\n".join(convergence_section(df)).splitlines()
+    header = next(line for line in lines if line.startswith("| setting"))
+    col = header.split(" | ").index("never_improved")
+    rows = {r.split(" | ")[1]: r.split(" | ")[col] for r in lines if r.startswith("| s |")}
+    assert rows == {"tgda": "True", "tgda-feature": "False"}

@@ -152,6 +152,7 @@ class Plateau:
     reason: str = ""
     _stall: int = 0
     _streak: int = 0  # new bests in a row
+    _reached: bool = False  # stopped by ``reach`` (a known optimum), not by the rule
 
     def _gain(self, new: float, old: float) -> float:
         return new - old if self.maximize else old - new
@@ -189,14 +190,15 @@ class Plateau:
 
     def reach(self, reason: str = "goal reached") -> None:
         """The objective reached its known optimum (e.g. a GC residual of zero): converged."""
-        self.converged, self.reason = True, reason
+        self.converged, self.reason, self._reached = True, reason, True
 
     def done(self) -> bool:
         """True once converged (plateau or ``reach``) or the step cap is hit (not converged)."""
         if self.converged:
             return True
         if self.relative_gain() * self.outlook() < self.rule.tol:
-            self.converged, self.reason = True, "plateau"
+            self.converged = True
+            self.reason = "no gain on its start" if self.never_improved() else "plateau"
             return True
         if self.steps >= self.rule.max_steps:
             self.reason = "max_steps"
@@ -258,6 +260,14 @@ class Plateau:
         result is a lower bound."""
         return self.gain_ratio() >= STILL_RISING_RATIO
 
+    def never_improved(self) -> bool:
+        """No step after the first beat it: the row reports the start, not what the attack
+        did (a start that is a local optimum, or a step size that only overshoots). Its
+        ``converged`` says the rule stopped it, yet its damage says nothing about the
+        attack's, so the report counts such rows with the lower bounds. A start already at
+        a known optimum (``reach``) is not one."""
+        return self.steps > 1 and self.best_step == 0 and not self._reached
+
     def summary(self, keep: int = 200) -> dict[str, Any]:
         """The result columns plus the objective trace (thinned to at most ``keep`` points)."""
         stride = max(1, math.ceil(len(self.trace) / keep))
@@ -270,6 +280,7 @@ class Plateau:
             "stop_reason": self.reason,
             "gain_ratio": self.gain_ratio(),
             "still_rising": self.still_rising(),
+            "never_improved": self.never_improved(),
             "objective_trace": [round(v, 8) for v in self.trace[::stride]],
             "objective_trace_stride": stride,
         }

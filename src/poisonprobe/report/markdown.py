@@ -157,25 +157,34 @@ def summary_text(df: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def still_rising(df: pd.DataFrame) -> pd.Series:
-    """Per row: its attack stopped while still climbing (``info["still_rising"]``; False
-    for rows without it: non-iterative attacks, files of older versions)."""
+def info_flag(df: pd.DataFrame, key: str) -> pd.Series:
+    """Per row: the boolean ``info[key]`` its attack reported (``still_rising``,
+    ``never_improved``); False for rows without it (non-iterative attacks, older files)."""
     infos = df["info"] if "info" in df else pd.Series("", index=df.index)
-    return pd.Series([bool(json_cell(v).get("still_rising", False)) for v in infos], index=df.index)
+    return pd.Series([bool(json_cell(v).get(key, False)) for v in infos], index=df.index)
+
+
+def still_rising(df: pd.DataFrame) -> pd.Series:
+    """Per row: its attack stopped while still climbing."""
+    return info_flag(df, "still_rising")
 
 
 def understated_note(df: pd.DataFrame) -> str | None:
-    """One line for the console when some rows are lower bounds: capped or still rising."""
+    """One line for the console when some rows are lower bounds: capped, still rising, or
+    never better than their start (that clause only when there are such rows)."""
     if "attack_steps" not in df:
         return None
     iterative = df[df["attack_steps"].notna()]
     capped = int((~flags(iterative["converged"]).fillna(True).astype(bool)).sum())
     rising = int(still_rising(iterative).sum())
-    if not capped and not rising:
+    stalled = int(info_flag(iterative, "never_improved").sum())
+    if not capped and not rising and not stalled:
         return None
+    never = f", {stalled} never improved on their start (never_improved)" if stalled else ""
     return (
-        f"note: of {len(iterative)} iterative rows, {capped} hit their max_steps cap and "
-        f"{rising} stopped still climbing (still_rising): their drops are lower bounds "
+        f"note: of {len(iterative)} iterative rows, {capped} hit their max_steps cap"
+        f"{',' if stalled else ' and'} {rising} stopped still climbing (still_rising){never}: "
+        "their drops are lower bounds "
         "(report.md, Convergence; a smaller tol or larger max_steps goes further)"
     )
 
@@ -192,16 +201,18 @@ def convergence_section(df: pd.DataFrame) -> list[str]:
         return []
     g["converged"] = flags(g["converged"]).fillna(False).astype(bool)
     g["still_rising"] = still_rising(g)
-    table = (
-        g.groupby(["setting", "attack", "regime", "eps"], sort=False)
-        .agg(
-            attack_steps=("attack_steps", "max"),
-            converged=("converged", "all"),
-            still_rising=("still_rising", "any"),
-            attack_objective=("attack_objective", "mean"),
-        )
-        .reset_index()
-    )
+    g["never_improved"] = info_flag(g, "never_improved")
+    columns = {
+        "attack_steps": ("attack_steps", "max"),
+        "converged": ("converged", "all"),
+        "still_rising": ("still_rising", "any"),
+        "never_improved": ("never_improved", "any"),
+        "attack_objective": ("attack_objective", "mean"),
+    }
+    if not g["never_improved"].any():  # the column only where it flags something
+        del columns["never_improved"]
+    table = g.groupby(["setting", "attack", "regime", "eps"], sort=False).agg(**columns)
+    table = table.reset_index()
     table["attack_objective"] = table["attack_objective"].map(lambda v: f"{v:.4g}")
     lines = [
         "## Convergence (attack objective, steps, stopped on a plateau)",
@@ -212,7 +223,9 @@ def convergence_section(df: pd.DataFrame) -> list[str]:
         "means the `max_steps` cap stopped it and the drop may understate the attack. "
         "`still_rising = True`: its gains shrink by less than a quarter per window (a slow "
         "climb, not an optimum approached): more steps or a smaller `tol` would go on, so "
-        "read that drop as a lower bound too. "
+        "read that drop as a lower bound too. `never_improved = True` (shown only where "
+        "it occurs): no step beat the attack's start, so the row reports the start, not the "
+        "attack (another seed, `starts` or a smaller `lr` may do better). "
         "The objective-vs-step figures "
         "below show the traces. `eps_needed` (FT rows) is a *necessary* condition for a "
         "GradPC-style target to be reachable, not a bound on the damage poisons can do: "
