@@ -197,6 +197,17 @@ def unconstrained_context(prep, eps: float, seed: int):
     )
 
 
+def test_drop(prep, cfg, poison, eps: float, seed: int) -> float:
+    """Test-accuracy drop (points) of the victim retrained on ``prep``'s clean training set
+    plus ``poison``, no defence: the runner's own ``evaluate``, so the drop its row reports."""
+    from poisonprobe.defenses.base import DefenseSpec
+    from poisonprobe.experiment.cell import build_training_set, evaluate
+    from poisonprobe.experiment.prepare import victim_config
+
+    ts = build_training_set(prep, poison, 512)
+    return 100 * evaluate(prep, ts, DefenseSpec(), eps, victim_config(cfg), seed)["drop"]
+
+
 def one_thread_children(codes: dict[Any, str], jobs: int) -> dict[Any, Any]:
     """Run each Python ``code`` in a fresh one-thread process, ``jobs`` at a time: by key, the
     last line each printed, parsed as JSON (a failing child raises with its output)."""
