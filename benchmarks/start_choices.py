@@ -32,9 +32,8 @@ def influence_scores(ctx) -> torch.Tensor:
     z = ctx.z_train.double()
     y = ctx.train.y.long()
     _, grad = val_loss_and_grad(head, z, y, "ce")
-    v = HeadCurvature(head, z, ctx.victim.weight_decay).solve_cg(grad, 500, tol=1e-10)
-    k, d = head.weight.shape
-    v_mat = torch.cat([v[: k * d].reshape(k, d), v[k * d :, None]], 1)
+    curv = HeadCurvature(head, z, ctx.victim.weight_decay)
+    v_mat = curv.as_matrix(curv.solve_cg(grad, 500, tol=1e-10))  # [W | b], (k, d+1)
     s = with_bias_column(z) @ v_mat.T
     p = torch.softmax(head.logits(z), 1)
     score = s - (p * s).sum(1, keepdim=True)
@@ -59,7 +58,10 @@ def influence_start(ctx, pool: int, seed: int) -> tuple[torch.Tensor, torch.Tens
 
 def stratified_start(ctx, balance_labels: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices, labels): per-class quotas of base images (drawn by the run's seed), labels
-    most confusable, within per-label quotas with ``balance_labels``."""
+    most confusable (``most_confusable_labels``), within per-label quotas with
+    ``balance_labels``."""
+    from poisonprobe.attacks.baselines import most_confusable_labels
+
     gen = ctx.generator("tgda")
     n, k = ctx.n_poison, ctx.n_classes
     y_all = ctx.train.y.long()
@@ -70,12 +72,12 @@ def stratified_start(ctx, balance_labels: bool) -> tuple[torch.Tensor, torch.Ten
         members = torch.nonzero(y_all == c)[:, 0]
         picks.append(members[torch.randperm(len(members), generator=gen)[: int(quota[c])]])
     idx = torch.cat(picks)
+    if not balance_labels:
+        return idx, most_confusable_labels(ctx, idx)
     logits = ctx.clean_head.logits(ctx.z_train[idx]).double()
     true = y_all[idx]
     gap = logits - logits.gather(1, true[:, None])
     gap[torch.arange(n), true] = -torch.inf
-    if not balance_labels:
-        return idx, gap.argmax(1)
     room = quota[torch.randperm(k, generator=gen)].clone()
     labels = torch.full((n,), -1, dtype=torch.long)
     for flat in torch.argsort(gap.reshape(-1), descending=True).tolist():

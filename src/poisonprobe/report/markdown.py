@@ -164,11 +164,6 @@ def info_flag(df: pd.DataFrame, key: str) -> pd.Series:
     return pd.Series([bool(json_cell(v).get(key, False)) for v in infos], index=df.index)
 
 
-def still_rising(df: pd.DataFrame) -> pd.Series:
-    """Per row: its attack stopped while still climbing."""
-    return info_flag(df, "still_rising")
-
-
 def understated_note(df: pd.DataFrame) -> str | None:
     """One line for the console when some rows are lower bounds: capped, still rising, or
     never better than their start (that clause only when there are such rows)."""
@@ -176,7 +171,7 @@ def understated_note(df: pd.DataFrame) -> str | None:
         return None
     iterative = df[df["attack_steps"].notna()]
     capped = int((~flags(iterative["converged"]).fillna(True).astype(bool)).sum())
-    rising = int(still_rising(iterative).sum())
+    rising = int(info_flag(iterative, "still_rising").sum())
     stalled = int(info_flag(iterative, "never_improved").sum())
     if not capped and not rising and not stalled:
         return None
@@ -200,7 +195,7 @@ def convergence_section(df: pd.DataFrame) -> list[str]:
     if g.empty:
         return []
     g["converged"] = flags(g["converged"]).fillna(False).astype(bool)
-    g["still_rising"] = still_rising(g)
+    g["still_rising"] = info_flag(g, "still_rising")
     g["never_improved"] = info_flag(g, "never_improved")
     columns = {
         "attack_steps": ("attack_steps", "max"),
