@@ -106,3 +106,26 @@ def tiny_setup(n: int):
     victim = VictimConfig()
     head = train_head(z, train.y, train.n_classes, victim)
     return train, ext, z, head, victim
+
+
+def results_row(**values: object) -> dict:
+    """One results.csv row of an attacked cell with every column the report reads, the
+    given ``values`` on top (report tests build their files from it)."""
+    row: dict = {
+        "setting": "s",
+        "source": "digits",
+        "target": "digits",
+        "extractor": "e",
+        "attack": "tgda",
+        "regime": "box",
+        "eps": 0.1,
+        "defense": "none",
+        "seed": 0,
+        "extractor_seed": 0,
+        "split_seed": 0,
+        "n_poison": 3,
+        "clean_acc": 0.9,
+        "poisoned_acc": 0.8,
+    }
+    row.update(values)
+    return row

@@ -8,6 +8,7 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import results_row
 
 from poisonprobe.errors import ConfigError
 from poisonprobe.experiment.results import ResultsStore
@@ -15,26 +16,13 @@ from poisonprobe.report.schema import JSON_COLUMNS, flags, json_cell, read_resul
 
 
 def _row(attack: str, converged: object, info: dict) -> dict:
-    return {
-        "setting": "s",
-        "source": "digits",
-        "target": "digits",
-        "extractor": "e",
-        "attack": attack,
-        "regime": "box",
-        "eps": 0.1,
-        "defense": "none",
-        "seed": 0,
-        "extractor_seed": 0,
-        "split_seed": 0,
-        "n_poison": 3,
-        "clean_acc": 0.9,
-        "poisoned_acc": 0.8,
-        "converged": converged,
-        "stages": json.dumps({"total": 1.5}),
-        "info": json.dumps(info),
-        "cell_id": attack,
-    }
+    return results_row(
+        attack=attack,
+        converged=converged,
+        stages=json.dumps({"total": 1.5}),
+        info=json.dumps(info),
+        cell_id=attack,
+    )
 
 
 def test_a_written_file_reads_back_through_the_schema(tmp_path):

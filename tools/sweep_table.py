@@ -8,8 +8,9 @@ Several results files may be given (e.g. seed 0 from the default run, seeds 1-2 
 run of the sweep config with ``seeds: [1, 2]``): their rows are pooled by cell. Each cell
 shows the mean drop (pt) ± the half-width of a 95 % Student-t interval over the attack seeds
 (``report.stats.mean_ci``: it varies the attacks' random draws, not the extractor or the
-split), the mean attack steps, how many seeds converged (stopped on their plateau, not on the
-``max_steps`` cap) and the mean attack seconds.
+split), the attacker's pick (``report.pick``: the drop of the seed whose retrained victim has
+the highest clean-train loss, and that seed), the mean attack steps, how many seeds converged
+(stopped on their plateau, not on the ``max_steps`` cap) and the mean attack seconds.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 
 import pandas as pd
 
+from poisonprobe.report.pick import attackers_pick
 from poisonprobe.report.schema import flags, read_results
 from poisonprobe.report.stats import mean_ci
 
@@ -31,14 +33,20 @@ def _cell(values: pd.Series) -> str:
 
 def table(new: pd.DataFrame, old: pd.DataFrame | None) -> list[str]:
     new = new[(new["attack"] != "none") & (new["defense"] == "none")]
-    cols = ["setting", "attack", "regime", "eps", "old drop", "new drop", "seeds", "steps"]
+    cols = ["setting", "attack", "regime", "eps", "old drop", "new drop", "pick (seed)"]
+    cols += ["seeds", "steps"]
     cols += ["converged", "attack s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     order = list(dict.fromkeys(new["attack"]))
     new = new.assign(_order=new["attack"].map(order.index)).sort_values(
         ["setting", "_order", "regime", "eps"], kind="stable"
     )
+    picks = attackers_pick(new).set_index(KEY) if len(new) else None
     for key, rows in new.groupby(KEY, sort=False):
+        pick = "–"
+        if picks is not None and not picks.empty and key in picks.index:
+            hit = picks.loc[key]
+            pick = f"{100 * hit['pick']:.1f} ({int(hit['pick_seed'])})"
         before = "–"
         if old is not None:
             hit = old[(old[KEY] == pd.Series(key, index=KEY)).all(axis=1)]
@@ -50,6 +58,7 @@ def table(new: pd.DataFrame, old: pd.DataFrame | None) -> list[str]:
             *[str(k) if not isinstance(k, float) else f"{k:g}" for k in key],
             before,
             _cell(rows["drop"]),
+            pick,
             str(rows["seed"].nunique()),
             f"{steps.mean():.0f}" if len(steps) else "",
             f"{int(conv.fillna(False).sum())}/{iterative.sum()}" if iterative.any() else "",

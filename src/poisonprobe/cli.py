@@ -90,19 +90,27 @@ def run(
 
 def print_summary(df, out: Path, quiet: bool) -> None:
     """After a run: the drop tables (unless quiet), one line on rows that are lower bounds
-    (capped or still climbing) and where the results went."""
-    from .report.markdown import understated_note
-
+    (capped or still climbing), one where keeping each cell's strongest seed beats the mean
+    (``report.pick``), and where the results went."""
     if not quiet:
         for title, table in drop_tables(df):
             console.print(title, markup=False, highlight=False)
             console.print(table)
-    note = understated_note(df)
-    if note:
-        console.print(note, markup=False, highlight=False, soft_wrap=True)
+    print_notes(df)
     console.print(
         f"wrote {out / 'results.csv'} ({len(df)} rows) and {out / 'report.md'}", soft_wrap=True
     )
+
+
+def print_notes(df) -> None:
+    """The closing notes of a run or a report: rows that are lower bounds, and cells where
+    keeping the strongest seed beats the mean (``report.pick``)."""
+    from .report.markdown import understated_note
+    from .report.pick import pick_note
+
+    for note in (understated_note(df), pick_note(df)):
+        if note:
+            console.print(note, markup=False, highlight=False, soft_wrap=True)
 
 
 def drop_tables(df) -> list[tuple[str, Table]]:
@@ -245,13 +253,16 @@ def pretrain(
 
 @app.command()
 def report(out: Path = typer.Argument(..., help="a run folder holding results.csv")) -> None:
-    """Rewrite OUT/report.md from OUT/results.csv."""
+    """Rewrite OUT/report.md from OUT/results.csv (and print the run's closing notes)."""
     from .errors import ConfigError
     from .experiment.runner import finish_report
+    from .report.schema import read_results
 
     if not (out / "results.csv").is_file():
         raise ConfigError(f"{out}/results.csv not found; pass the --out folder of a run")
-    console.print(f"wrote {finish_report(out)}")
+    path = finish_report(out)
+    print_notes(read_results(out / "results.csv"))
+    console.print(f"wrote {path}")
 
 
 # long: a typer command: its 12 options are the signature, the body is 40 lines

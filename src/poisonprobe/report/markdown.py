@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..experiment.results import atomic_write_text, wilson_interval
+from .pick import attackers_pick, pick_headline
 from .schema import flags, json_cell, read_results
 from .stats import mean_ci, table_keys
 
@@ -232,6 +233,40 @@ def convergence_section(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def pick_section(df: pd.DataFrame) -> list[str]:
+    """The attacker's pick per cell, laid out like the drop table (``report.pick``); empty
+    for single-seed runs."""
+    picks = attackers_pick(df)
+    if picks.empty:
+        return []
+    headline = pick_headline(picks)
+    picks["cell"] = [
+        f"{p * 100:.1f} (seed {s}, {round(g * 100, 1) + 0.0:+.1f})"  # + 0.0: no "-0.0"
+        for p, s, g in zip(picks["pick"], picks["pick_seed"], picks["gain"], strict=True)
+    ]
+    keys = [c for c in picks.columns[: list(picks.columns).index("seeds")] if c != "eps"]
+    table = picks.pivot_table(index=keys, columns="eps", values="cell", aggfunc="first", sort=False)
+    table.columns = [f"eps={e:g}" for e in table.columns]
+    return [
+        "## Attacker's pick over seeds (drop, pt)",
+        "",
+        f"The {int(picks['seeds'].max())} seeds of a cell share the extractor and the split: "
+        "they are independent draws of one attack against the same victim. An attacker who "
+        "runs them all keeps the draw whose retrained victim has the highest clean-train loss "
+        "(`train_loss`: training data and the victim's recipe, no test data). Each cell: that "
+        "draw's drop (its seed, its gain over the mean drop above). Where the gains are large, "
+        "the mean understates such an attacker (`starts` in tgda buys the same in one run); "
+        "a negative gain: the highest train loss was not the largest test drop.",
+        "",
+        f"The pick beats the mean by at least one test image {headline}."
+        if headline
+        else "The pick beats the mean by less than one test image in every cell.",
+        "",
+        markdown_table(table.fillna("–").reset_index()),
+        "",
+    ]
+
+
 # long: the report's sections in reading order; each is a few lines of markdown
 def write_report(out_dir: str | Path) -> Path:
     """Write ``out_dir/report.md`` from ``out_dir/results.csv``; returns its path."""
@@ -254,6 +289,7 @@ def write_report(out_dir: str | Path) -> Path:
         "",
         markdown_table(drop_table(df, "drop")),
         "",
+        *pick_section(df),
         "## Poisoned test accuracy (%, [Wilson 95% interval])",
         "",
         markdown_table(drop_table(df, "poisoned_acc")),
