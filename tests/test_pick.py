@@ -76,6 +76,24 @@ def test_no_pick_for_one_seed_other_victims_unattacked_rows_or_missing_losses():
     assert attackers_pick(lost.drop(columns="train_loss")).empty
 
 
+def test_seeds_that_also_vary_the_split_are_picked_per_victim_and_averaged():
+    # split 0: seed 1 has the higher train loss (drop 0.3); split 1: seed 0 (drop 0.2)
+    values = [(0, 0, 0.1, 0.5), (0, 1, 0.3, 0.9), (1, 0, 0.2, 0.8), (1, 1, 0.0, 0.2)]
+    df = pd.DataFrame(
+        [
+            results_row(split_seed=split, seed=seed, drop=drop, train_loss=loss, n_test=100)
+            for split, seed, drop, loss in values
+        ]
+    )
+    row = attackers_pick(df).iloc[0]
+    assert (row["victims"], row["seeds"], row["pick_seed"]) == (2, 2, -1)
+    assert row["pick"] == pytest.approx(0.25)
+    assert row["mean"] == pytest.approx(0.15)  # the drop table's pooled mean
+    assert row["gain_images"] == pytest.approx(10.0)
+    # one seed per split: no draws to pick from
+    assert attackers_pick(df[df["seed"] == 0]).empty
+
+
 def test_the_console_note_appears_only_where_the_pick_gains_a_test_image():
     assert pick_note(pd.DataFrame(_rows([0.2], [0.5]))) is None
     # gain 0.1 - 0.0967 = 0.0033 = a third of an image on 100 test images: no note

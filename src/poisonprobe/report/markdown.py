@@ -241,8 +241,11 @@ def pick_section(df: pd.DataFrame) -> list[str]:
         return []
     headline = pick_headline(picks)
     picks["cell"] = [
-        f"{p * 100:.1f} (seed {s}, {round(g * 100, 1) + 0.0:+.1f})"  # + 0.0: no "-0.0"
-        for p, s, g in zip(picks["pick"], picks["pick_seed"], picks["gain"], strict=True)
+        f"{p * 100:.1f} ({f'seed {s}' if s >= 0 else f'{v} victims'}, "
+        f"{round(g * 100, 1) + 0.0:+.1f})"  # + 0.0: no "-0.0"
+        for p, s, v, g in zip(
+            picks["pick"], picks["pick_seed"], picks["victims"], picks["gain"], strict=True
+        )
     ]
     keys = [c for c in picks.columns[: list(picks.columns).index("seeds")] if c != "eps"]
     table = picks.pivot_table(index=keys, columns="eps", values="cell", aggfunc="first", sort=False)
@@ -250,11 +253,12 @@ def pick_section(df: pd.DataFrame) -> list[str]:
     return [
         "## Attacker's pick over seeds (drop, pt)",
         "",
-        f"The {int(picks['seeds'].max())} seeds of a cell share the extractor and the split: "
-        "they are independent draws of one attack against the same victim. An attacker who "
+        f"The seeds of a cell ({int(picks['seeds'].max())} here) that share the extractor and "
+        "the split are independent draws of one attack against the same victim. An attacker who "
         "runs them all keeps the draw whose retrained victim has the highest clean-train loss "
         "(`train_loss`: training data and the victim's recipe, no test data). Each cell: that "
-        "draw's drop (its seed, its gain over the mean drop above). Where the gains are large, "
+        "draw's drop (its seed, its gain over the mean drop above; where the seeds also vary "
+        "the extractor or the split, the mean of each victim's pick). Where the gains are large, "
         "the mean understates such an attacker (`starts` in tgda buys the same in one run); "
         "a negative gain: the highest train loss was not the largest test drop.",
         "",

@@ -1,7 +1,8 @@
 """The attacker's pick over seeds: what an attacker who runs every draw keeps.
 
 The seeds of one cell that share the extractor and the train/test split are independent
-draws of one attack (its starts, labels, subsets) against the same victim. An attacker can
+draws of one attack (its starts, labels, subsets) against the same victim (where a config
+also varies those, each victim gets its own pick and the picks are averaged). An attacker can
 run them all and keep the draw whose retrained victim has the highest clean-*train* loss
 (``train_loss``: it needs the training data and the victim's recipe, which every attack here
 already assumes, and no test data). The mean over seeds reports an average draw, so where
@@ -20,46 +21,50 @@ from .stats import mean_ci, table_keys
 NOT_ATTACKS = ("none", "bound")  # rows without an attack's poisons
 
 
-def _one_victim(group: pd.DataFrame) -> bool:
-    """Whether the rows share one extractor and one split (columns absent in older files
-    count as shared): only then are the seeds draws against the same victim."""
-    return all(
-        col not in group or group[col].nunique(dropna=False) <= 1
-        for col in (
-            "extractor_seed",
-            "split_seed",
-        )
-    )
+VICTIM_COLUMNS = ("extractor_seed", "split_seed")  # what else a config's seeds may vary
+
+
+def _victims(group: pd.DataFrame) -> list[pd.DataFrame]:
+    """A cell's rows split by victim (extractor and split; columns absent in older files
+    count as shared), each sorted by seed: within one, the seeds are draws against it."""
+    cols = [c for c in VICTIM_COLUMNS if c in group]
+    parts = [g for _, g in group.groupby(cols, sort=True, dropna=False)] if cols else [group]
+    return [g.sort_values("seed", kind="stable") for g in parts]
 
 
 def attackers_pick(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per attacked cell (``table_keys`` × eps) with at least two seeds against one
-    victim: ``seeds``, ``mean`` drop and its 95 % half-width ``half``, the ``pick`` (the drop
-    of the seed with the highest ``train_loss``; ties go to the lowest seed), ``pick_seed``,
-    ``gain`` = pick − mean and ``gain_images`` (the gain in test images; NaN without
-    ``n_test``). Empty when no cell qualifies."""
+    """One row per attacked cell (``table_keys`` × eps) with at least two seeds against each
+    of its victims: ``seeds`` (per victim), ``victims``, the ``mean`` drop and its 95 %
+    half-width ``half`` (as the drop table pools them), the ``pick`` (per victim the drop of
+    the seed with the highest ``train_loss``, ties to the lowest seed; averaged over the
+    victims), ``pick_seed`` (-1 when there are several victims), ``gain`` = pick − mean and
+    ``gain_images`` (the gain in test images; NaN without ``n_test``). Empty when no cell
+    qualifies."""
     if "train_loss" not in df:
         return pd.DataFrame()
     keys = [*table_keys(df), "eps"]
     rows = df[~df["attack"].isin(NOT_ATTACKS) & df["train_loss"].notna()]
     out = []
     for key, group in rows.groupby(keys, sort=False):
-        if group["seed"].nunique() < 2 or not _one_victim(group):
+        victims = _victims(group)
+        seeds = min(v["seed"].nunique() for v in victims)
+        if seeds < 2:
             continue
-        group = group.sort_values("seed", kind="stable")
-        best = group.loc[group["train_loss"].idxmax()]  # first maximum: the lowest seed
+        picked = [v.loc[v["train_loss"].idxmax()] for v in victims]  # first max: lowest seed
+        pick = sum(float(p["drop"]) for p in picked) / len(picked)
         mean, half = mean_ci(group["drop"])
         n_test = group["n_test"].iloc[0] if "n_test" in group else math.nan
-        gain = float(best["drop"]) - mean
+        gain = pick - mean
         gain = 0.0 if abs(gain) < 1e-12 else gain  # the mean of equal drops, not a gain
         out.append(
             {
                 **dict(zip(keys, key, strict=True)),
-                "seeds": int(group["seed"].nunique()),
+                "seeds": seeds,
+                "victims": len(victims),
                 "mean": mean,
                 "half": half,
-                "pick": float(best["drop"]),
-                "pick_seed": int(best["seed"]),
+                "pick": pick,
+                "pick_seed": int(picked[0]["seed"]) if len(picked) == 1 else -1,
                 "gain": gain,
                 "gain_images": gain * float(n_test) if n_test and n_test > 0 else math.nan,
             }
