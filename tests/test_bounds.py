@@ -4,6 +4,7 @@ exact inner maximisation against an LP solver, DPA radii against brute-force vot
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -307,6 +308,9 @@ def test_run_writes_bound_rows_train_loss_and_certified_csv(tmp_path, tiny_confi
         assert b > clean
     # the min-max poisons under defence none are feature-box poisons: the bound holds
     mm = rest[(rest["attack"] == "min-max") & (rest["defense"] == "none")]
+    # both attacks' poisons lie in the clean-feature box, and each row says so
+    attacked = rest[rest["attack"] != "none"]
+    assert [json.loads(v)["in_feature_box"] for v in attacked["info"]] == [1.0] * 4
     assert float(mm["train_loss"].iloc[0]) <= float(
         bound.loc[bound["defense"] == "none", "bound_loss"].iloc[0]
     )

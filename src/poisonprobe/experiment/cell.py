@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import torch
 
 from ..attacks import AttackContext, AttackInfo, PoisonKind, PoisonSet, get_attack
+from ..bounds.feasible import FeasibleSet
 from ..bounds.loss_bound import clean_loss
 from ..data.base import check_images, images_in_box
 from ..data.loaders.features import is_embedding_domain
@@ -297,6 +298,7 @@ class UnitRun:
             _record_figures(
                 prep, spec.column, regime, eps, poison, ts, self.run.out_dir, self.projected
             )
+        in_box = {"in_feature_box": in_feature_box_share(prep, ts)}
         for d in todo:
             t1 = time.perf_counter()
             row = dict(keys[d.label])
@@ -306,7 +308,7 @@ class UnitRun:
                 attack_seconds=attack_seconds,
                 shared_seconds=shared_seconds,
                 seconds=attack_seconds + time.perf_counter() - t1,
-                **_attack_columns(poison),
+                **_attack_columns(poison, in_box),
             )
             self.run.store.append(row)
             self.run.reporter.advance()
@@ -369,8 +371,20 @@ class UnitRun:
         )
 
 
-def _attack_columns(poison: PoisonSet) -> dict[str, Any]:
-    """The result columns an attack reports through ``PoisonSet.info`` and its stage times."""
+def in_feature_box_share(prep: Prepared, ts: TrainingSet) -> float:
+    """The share of the poisons whose features lie in the clean-feature box: the certified
+    loss bound's feasible set without a defence (``bounds.feasible``), so the report compares
+    the bound only with attacks it covers (share 1)."""
+    z_p = ts.z[ts.is_poison]
+    if not len(z_p):
+        return float("nan")
+    box = FeasibleSet.box(prep.z_train, prep.target.train.y, prep.target.train.n_classes)
+    return float(box.contains(z_p.double(), ts.y[ts.is_poison]).double().mean())
+
+
+def _attack_columns(poison: PoisonSet, cell_info: dict[str, Any]) -> dict[str, Any]:
+    """The result columns an attack reports through ``PoisonSet.info`` and its stage times;
+    ``cell_info``: what the cell measured of the poisons, added to the row's ``info``."""
     return {
         "target_head_acc": poison.info.get("target_head_acc"),
         "gc_objective": poison.info.get("gc_objective"),
@@ -379,7 +393,7 @@ def _attack_columns(poison: PoisonSet) -> dict[str, Any]:
         "attack_steps": poison.info.get("attack_steps"),
         "converged": poison.info.get("converged"),
         "stages": json.dumps({k: round(v, 4) for k, v in poison.stage_seconds.items()}),
-        "info": json.dumps(_jsonable(poison.info)),
+        "info": json.dumps(_jsonable({**poison.info, **cell_info})),
     }
 
 

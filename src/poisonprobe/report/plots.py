@@ -13,7 +13,7 @@ import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from .schema import json_cell  # noqa: E402
+from .schema import info_value, json_cell  # noqa: E402
 from .stats import mean_ci  # noqa: E402
 
 
@@ -127,7 +127,8 @@ def plot_objective_traces(df: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def plot_bound_vs_attacks(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Per (setting, extractor, defence) with bound rows: every attack's clean-train loss
-    (``train_loss``) and the certified upper bound ``bound_loss`` against eps."""
+    (``train_loss``) and the certified upper bound ``bound_loss`` against eps; attacks whose
+    poisons leave the clean-feature box (not covered by the bound) dotted."""
     paths: list[Path] = []
     if "bound_loss" not in df or "train_loss" not in df or not (df["attack"] == "bound").any():
         return paths
@@ -139,9 +140,12 @@ def plot_bound_vs_attacks(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.plot(bound.index, bound.values, "k-", lw=2.5, marker="s", label="certified bound")
         for (attack, regime), ga in g[g["attack"] != "bound"].groupby(["attack", "regime"]):
             loss = ga.groupby("eps")["train_loss"].mean().dropna()
-            if not loss.empty:
-                ls = "--" if attack == "none" else "-"
-                ax.plot(loss.index, loss.values, ls=ls, marker="o", label=f"{attack} [{regime}]")
+            if loss.empty:
+                continue
+            label, ls = f"{attack} [{regime}]", "--" if attack == "none" else "-"
+            if (info_value(ga, "in_feature_box") < 1.0 - 1e-12).any():  # not covered
+                label, ls = label + " (outside the box)", ":"
+            ax.plot(loss.index, loss.values, ls=ls, marker="o", label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("poison budget eps")

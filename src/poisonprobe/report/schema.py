@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,21 @@ def flags(column: pd.Series) -> pd.Series:
     out[text.isin(("true", "1", "1.0"))] = True
     out[text.isin(("false", "0", "0.0"))] = False
     return out
+
+
+def info_value(df: pd.DataFrame, key: str) -> pd.Series:
+    """Per row: the number ``info[key]`` (``in_feature_box``); NaN where a row lacks it."""
+    infos = df["info"] if "info" in df else pd.Series("", index=df.index)
+    values = [json_cell(v).get(key) for v in infos]
+    return pd.Series(
+        [float(v) if isinstance(v, int | float) else math.nan for v in values],
+        index=df.index,
+        dtype=float,
+    )
+
+
+def info_flag(df: pd.DataFrame, key: str) -> pd.Series:
+    """Per row: the boolean ``info[key]`` its attack reported (``still_rising``,
+    ``never_improved``); False for rows without it (non-iterative attacks, older files)."""
+    infos = df["info"] if "info" in df else pd.Series("", index=df.index)
+    return pd.Series([bool(json_cell(v).get(key, False)) for v in infos], index=df.index)
