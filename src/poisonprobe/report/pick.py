@@ -19,8 +19,6 @@ import pandas as pd
 from .stats import mean_ci, table_keys
 
 NOT_ATTACKS = ("none", "bound")  # rows without an attack's poisons
-
-
 VICTIM_COLUMNS = ("extractor_seed", "split_seed")  # what else a config's seeds may vary
 
 
