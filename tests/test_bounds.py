@@ -308,12 +308,12 @@ def test_run_writes_bound_rows_train_loss_and_certified_csv(tmp_path, tiny_confi
         assert b > clean
     # the min-max poisons under defence none are feature-box poisons: the bound holds
     mm = rest[(rest["attack"] == "min-max") & (rest["defense"] == "none")]
-    # both attacks' poisons lie in the clean-feature box, and each row says so
-    attacked = rest[rest["attack"] != "none"]
-    assert [json.loads(v)["in_feature_box"] for v in attacked["info"]] == [1.0] * 4
     assert float(mm["train_loss"].iloc[0]) <= float(
         bound.loc[bound["defense"] == "none", "bound_loss"].iloc[0]
     )
+    # both attacks' poisons lie in the clean-feature box, and each row says so
+    attacked = rest[rest["attack"] != "none"]
+    assert [json.loads(v)["in_feature_box"] for v in attacked["info"]] == [1.0] * 4
     cert = pd.read_csv(tmp_path / "certified.csv")
     assert list(cert.columns) == ["setting", "extractor", "k", "radius", "certified_acc"]
     assert set(cert["k"]) == {3, 7}
