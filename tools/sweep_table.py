@@ -41,12 +41,14 @@ def table(new: pd.DataFrame, old: pd.DataFrame | None) -> list[str]:
     new = new.assign(_order=new["attack"].map(order.index)).sort_values(
         ["setting", "_order", "regime", "eps"], kind="stable"
     )
-    picks = attackers_pick(new).set_index(KEY) if len(new) else None
+    picks = attackers_pick(new)  # no columns at all when no cell has two seeds
+    picks = picks.set_index(KEY) if len(picks) else None
     for key, rows in new.groupby(KEY, sort=False):
         pick = "–"
-        if picks is not None and not picks.empty and key in picks.index:
+        if picks is not None and key in picks.index:
             hit = picks.loc[key]
-            pick = f"{100 * hit['pick']:.1f} ({int(hit['pick_seed'])})"
+            seed = int(hit["pick_seed"])
+            pick = f"{100 * hit['pick']:.1f}" + (f" ({seed})" if seed >= 0 else "")
         before = "–"
         if old is not None:
             hit = old[(old[KEY] == pd.Series(key, index=KEY)).all(axis=1)]

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..experiment.results import atomic_write_text, wilson_interval
 from .pick import attackers_pick, pick_headline
-from .schema import flags, info_flag, info_value, read_results
+from .schema import covered_by_bound, flags, info_flag, read_results
 from .stats import mean_ci, table_keys
 
 NOISE_IMAGES = 2  # drops of at most this many test images are flagged as noise-level
@@ -124,10 +124,9 @@ def bound_table(df: pd.DataFrame) -> pd.DataFrame:
         if b.empty:
             continue
         att = g[~g["attack"].isin(["bound", "none"])].dropna(subset=["train_loss"])
-        share = info_value(att, "in_feature_box")
-        measured = share.notna().any()
-        covered = share >= 1.0 - 1e-12 if measured else pd.Series(True, index=att.index)
-        best, its_loss = _strongest(att[covered])
+        coverage = covered_by_bound(att)
+        measured = coverage.notna().any()  # else an older file: every attack, as before
+        best, its_loss = _strongest(att[coverage.fillna(False)] if measured else att)
         row = {
             **dict(zip(keys, key, strict=True)),
             "clean loss": f"{b['train_loss'].mean():.3f}",  # bound rows: the unpoisoned head
@@ -137,8 +136,8 @@ def bound_table(df: pd.DataFrame) -> pd.DataFrame:
             "bound_error": f"{b['bound_error'].mean() * 100:.1f}%",
         }
         if measured:  # rows without the measurement (older, in a resumed folder): neither
-            outside = " ".join(_strongest(att[share < 1.0 - 1e-12]))
-            row["outside the box"] = "–" if outside == "– –" else outside
+            name, loss = _strongest(att[~coverage.fillna(True)])
+            row["outside the box"] = f"{name} {loss}" if loss != "–" else "–"
         out.append(row)
     return pd.DataFrame(out)
 

@@ -65,10 +65,14 @@ def flags(column: pd.Series) -> pd.Series:
     return out
 
 
+def _infos(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each row's ``info`` as a dict (empty for rows or files without one)."""
+    return [json_cell(v) for v in df["info"]] if "info" in df else [{} for _ in df.index]
+
+
 def info_value(df: pd.DataFrame, key: str) -> pd.Series:
     """Per row: the number ``info[key]`` (``in_feature_box``); NaN where a row lacks it."""
-    infos = df["info"] if "info" in df else pd.Series("", index=df.index)
-    values = [json_cell(v).get(key) for v in infos]
+    values = [info.get(key) for info in _infos(df)]
     return pd.Series(
         [float(v) if isinstance(v, int | float) else math.nan for v in values],
         index=df.index,
@@ -79,5 +83,15 @@ def info_value(df: pd.DataFrame, key: str) -> pd.Series:
 def info_flag(df: pd.DataFrame, key: str) -> pd.Series:
     """Per row: the boolean ``info[key]`` its attack reported (``still_rising``,
     ``never_improved``); False for rows without it (non-iterative attacks, older files)."""
-    infos = df["info"] if "info" in df else pd.Series("", index=df.index)
-    return pd.Series([bool(json_cell(v).get(key, False)) for v in infos], index=df.index)
+    return pd.Series([bool(info.get(key, False)) for info in _infos(df)], index=df.index)
+
+
+def covered_by_bound(df: pd.DataFrame) -> pd.Series:
+    """Per row: whether every poison's features lie in the clean-feature box, the certified
+    loss bound's set (``info["in_feature_box"]`` = 1): True / False / <NA> (not measured:
+    unattacked rows, older files)."""
+    share = info_value(df, "in_feature_box")
+    out = pd.Series(pd.NA, index=df.index, dtype="boolean")
+    measured = share.notna()
+    out[measured] = share[measured] >= 1.0 - 1e-12
+    return out
